@@ -1,0 +1,209 @@
+//! Wiring: configuration in, a running server out.
+//!
+//! Start-up order: load the secrets key, open the database as its owner, migrate, grant the
+//! restricted application role (PostgreSQL), create the default tenant and its first admin key
+//! when the database is empty, reopen as the application role, then serve until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::ServiceExt as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::Layer as _;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::db::{Db, Dialect, TENANT_SETTING};
+use crate::http::ops::Metrics;
+use crate::http::rate_limit::RateLimits;
+use crate::keys::{self, IssuedKey, KeyKind, NewKey};
+use crate::secrets::{self, SecretBox};
+use crate::tenants::{self, Tenant};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub clock: Clock,
+    pub secrets: SecretBox,
+    pub config: Arc<Config>,
+    pub limits: Arc<RateLimits>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The default tenant and admin key created on first start: shown once.
+pub struct FirstStart {
+    pub tenant: Tenant,
+    pub key: IssuedKey,
+}
+
+/// The secrets key: from configuration, else (SQLite only) a key file beside the database.
+pub fn load_secrets(config: &Config) -> anyhow::Result<SecretBox> {
+    if let Some(encoded) = &config.secrets_key {
+        return SecretBox::from_encoded_key(encoded).context("SWITCHYARD_SECRETS_KEY");
+    }
+    if Dialect::from_url(&config.database_url)? == Dialect::Postgres {
+        anyhow::bail!(
+            "SWITCHYARD_SECRETS_KEY is required with PostgreSQL: every node must share one key \
+             (generate one with `openssl rand -hex 32`)"
+        );
+    }
+    let Some(database) = config.sqlite_path() else {
+        tracing::warn!("in-memory database without SWITCHYARD_SECRETS_KEY: using a throwaway key");
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+        return Ok(SecretBox::from_encoded_key(&hex::encode(key))?);
+    };
+    let path = secrets::key_file_for(&database);
+    let (key, created) = secrets::load_or_create_key_file(&path)?;
+    if created {
+        tracing::info!(path = %path.display(), "generated a secrets key file; back it up with the database");
+    } else {
+        tracing::info!(path = %path.display(), "using the secrets key file");
+    }
+    Ok(key)
+}
+
+/// Opens the database as its owner and applies pending migrations; grants the application
+/// role when one is configured.
+pub async fn open_migrated(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&config.database_url, config.db_max_connections).await?;
+    db.migrate().await?;
+    if let Some(app_url) = &config.database_url_app {
+        let role = url::Url::parse(app_url)
+            .context("DATABASE_URL_APP is not a URL")?
+            .username()
+            .to_owned();
+        anyhow::ensure!(!role.is_empty(), "DATABASE_URL_APP must name a user");
+        db.grant_app_role(&role).await?;
+    }
+    Ok(db)
+}
+
+/// Creates the default tenant and its first admin key if the database has no default tenant.
+pub async fn first_start(db: &Db, clock: &Clock) -> anyhow::Result<Option<FirstStart>> {
+    let mut tx = db.write_global().await?;
+    let Some(tenant) = tenants::create_default(&mut tx, clock).await? else {
+        return Ok(None);
+    };
+    db.set_local(&mut tx, TENANT_SETTING, &tenant.id).await?;
+    let key = keys::issue(
+        &mut tx,
+        clock,
+        &tenant.id,
+        NewKey {
+            name: "first admin key".to_owned(),
+            kind: KeyKind::Admin,
+            scopes: Vec::new(),
+            partner_id: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(FirstStart { tenant, key }))
+}
+
+/// A server running in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub first_start: Option<FirstStart>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Prepares storage and starts serving on `listener`.
+pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyhow::Result<Running> {
+    let secrets = load_secrets(&config)?;
+    let owner = open_migrated(&config).await?;
+    let first_start = first_start(&owner, &clock).await?;
+    let db = match &config.database_url_app {
+        Some(app_url) => {
+            owner.close().await;
+            Db::connect(app_url, config.db_max_connections).await?
+        }
+        None => owner,
+    };
+    let limits = Arc::new(RateLimits::new(
+        config.rate_limit_per_key,
+        config.rate_limit_per_ip,
+    ));
+    let state = AppState {
+        db,
+        clock,
+        secrets,
+        limits: limits.clone(),
+        metrics: Arc::new(Metrics::default()),
+        config: Arc::new(config),
+    };
+    let router = crate::http::router(state.clone());
+    let app = axum::middleware::from_fn(crate::http::tenant_prefix).layer(router);
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = watch::channel(false);
+
+    let mut cleanup_stopped = stopped.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => limits.forget_idle(),
+                _ = cleanup_stopped.changed() => break,
+            }
+        }
+    });
+
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.changed().await;
+        })
+        .await
+    });
+    tracing::info!(%addr, engine = ?state.db.dialect(), "switchyard listening");
+    Ok(Running {
+        addr,
+        first_start,
+        state,
+        stop,
+        server,
+    })
+}
+
+impl Running {
+    /// Stops accepting connections, lets in-flight requests finish within the configured
+    /// deadline, then closes the database pool.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let deadline = Duration::from_secs(self.state.config.shutdown_timeout_secs);
+        let abort = self.server.abort_handle();
+        match tokio::time::timeout(deadline, self.server).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                tracing::warn!(?deadline, "in-flight requests did not finish in time; exiting");
+                abort.abort();
+            }
+        }
+        self.state.db.close().await;
+        tracing::info!("switchyard stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

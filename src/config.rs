@@ -1,0 +1,144 @@
+//! Every setting of Switchyard, its default and its environment variable, in one typed struct.
+//!
+//! The same struct feeds `--help`, the README's configuration table and the running server;
+//! a setting that is not here does not exist.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Database the server and migrations use: `sqlite:PATH` (embedded, created when missing)
+    /// or `postgres://USER@HOST/DB` (the owner role: it runs migrations).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:switchyard.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// PostgreSQL only: a restricted role the server connects as after migrating with
+    /// DATABASE_URL. It is granted table access on migrate and stays subject to row-level security.
+    #[arg(long, env = "DATABASE_URL_APP", global = true)]
+    pub database_url_app: Option<String>,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "SWITCHYARD_DB_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    pub db_max_connections: u32,
+
+    /// `single`: one default tenant. `multi`: more tenants with `switchyard tenants create`.
+    #[arg(long, env = "SWITCHYARD_TENANCY", value_enum, default_value_t = Tenancy::Single, global = true)]
+    pub tenancy: Tenancy,
+
+    /// 32-byte key (hex or base64) that encrypts secrets at rest with AES-256-GCM. Required with
+    /// PostgreSQL; with SQLite a key file is generated beside the database when unset.
+    #[arg(long, env = "SWITCHYARD_SECRETS_KEY", hide_env_values = true, global = true)]
+    pub secrets_key: Option<String>,
+
+    /// Base URL that clients reach this server at (used in the first-start curl line).
+    /// Defaults to `http://` + the listen address.
+    #[arg(long, env = "SWITCHYARD_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Requests per second one API key may make (bursts up to the same number).
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_KEY", default_value = "100", global = true)]
+    pub rate_limit_per_key: std::num::NonZeroU32,
+
+    /// Requests per second one client IP may make without a valid API key.
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_IP", default_value = "20", global = true)]
+    pub rate_limit_per_ip: std::num::NonZeroU32,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 1_048_576, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a shutdown waits for in-flight requests before exiting anyway.
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax, for example `info` or `switchyard=debug,sqlx=warn`.
+    #[arg(long, env = "SWITCHYARD_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Tenancy {
+    Single,
+    Multi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The URL printed in examples: the public URL when set, else the listen address.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The SQLite database file, when the database is a SQLite file.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["switchyard"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).config
+    }
+
+    #[test]
+    fn finds_the_sqlite_file_in_every_url_form() {
+        for (url, path) in [
+            ("sqlite:switchyard.db", Some("switchyard.db")),
+            ("sqlite://data/x.db?mode=rwc", Some("data/x.db")),
+            ("sqlite:///var/lib/x.db", Some("/var/lib/x.db")),
+            ("sqlite::memory:", None),
+            ("postgres://localhost/x", None),
+        ] {
+            let config = parse(&["--database-url", url]);
+            assert_eq!(config.sqlite_path(), path.map(PathBuf::from), "{url}");
+        }
+    }
+
+    #[test]
+    fn public_url_defaults_to_the_listen_address() {
+        assert_eq!(parse(&["--listen", "127.0.0.1:9000"]).public_url(), "http://127.0.0.1:9000");
+        assert_eq!(
+            parse(&["--public-url", "https://hub.example.com/"]).public_url(),
+            "https://hub.example.com"
+        );
+    }
+}

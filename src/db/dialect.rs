@@ -1,0 +1,82 @@
+//! The few places where SQLite and PostgreSQL differ, in one type.
+//!
+//! Every query in Switchyard is written once in the portable subset of SQL both engines accept
+//! (`$1` placeholders, `TEXT`/`BIGINT` columns, `ON CONFLICT`, `RETURNING`). What cannot be
+//! written portably — connection pragmas, how a write transaction starts, the row-level-security
+//! session setting — lives here and nowhere else.
+
+use sqlx::{AnyConnection, Executor};
+
+/// The database engine behind a URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The per-transaction PostgreSQL setting the row-level-security policies compare `tenant_id` with.
+pub const TENANT_SETTING: &str = "switchyard.tenant_id";
+/// The per-transaction setting that lets the authentication lookup see exactly one API key row
+/// (the one whose public prefix was presented) before the tenant is known.
+pub const KEY_PREFIX_SETTING: &str = "switchyard.key_prefix";
+
+impl Dialect {
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!("unsupported database URL {url:?}: use sqlite:PATH or postgres://...")
+        }
+    }
+
+    /// Settings applied to every new connection. SQLite gets WAL (readers never block the
+    /// writer), a busy timeout (writers queue instead of failing) and enforced foreign keys.
+    pub(crate) async fn prepare_connection(self, conn: &mut AnyConnection) -> sqlx::Result<()> {
+        if self == Self::Sqlite {
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA foreign_keys = ON",
+                "PRAGMA synchronous = NORMAL",
+            ] {
+                conn.execute(pragma).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The statement that opens a transaction that will write. SQLite takes the write lock up
+    /// front (`IMMEDIATE`): a deferred transaction that reads and then writes can fail with
+    /// `SQLITE_BUSY` when another writer committed in between, and the busy timeout cannot help.
+    pub(crate) fn begin_write(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+
+    /// SQL that sets a per-transaction session value the RLS policies read, or `None` where the
+    /// engine has no RLS (SQLite relies on the `tenant_id` filter every query carries).
+    pub(crate) fn set_local(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some("SELECT set_config($1, $2, true)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+
+    #[test]
+    fn recognises_engines_by_scheme() {
+        assert_eq!(Dialect::from_url("sqlite:switchyard.db").unwrap(), Dialect::Sqlite);
+        assert_eq!(Dialect::from_url("sqlite://x.db?mode=rwc").unwrap(), Dialect::Sqlite);
+        assert_eq!(Dialect::from_url("postgres://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(Dialect::from_url("postgresql://h/db").unwrap(), Dialect::Postgres);
+        assert!(Dialect::from_url("mysql://h/db").is_err());
+    }
+}

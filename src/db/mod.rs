@@ -1,0 +1,147 @@
+//! Storage: one sqlx `Any` pool over SQLite (embedded default) or PostgreSQL (production).
+//!
+//! Slices never open bare transactions on tenant data: they ask for [`Db::read`] or
+//! [`Db::write`] with the tenant id, which on PostgreSQL also sets the row-level-security
+//! setting, so a query that forgets its `tenant_id` filter still sees only that tenant's rows.
+//! Migrations live in `migrations/sqlite` and `migrations/postgres`: same versions, same tables,
+//! same columns (a test compares the two schemas).
+
+mod dialect;
+
+pub use dialect::{Dialect, KEY_PREFIX_SETTING, TENANT_SETTING};
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool};
+
+/// A transaction on the shared pool.
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The connection pool and the engine it talks to.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite:PATH` creates the file when missing, `postgres://...`).
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| Box::pin(dialect.prepare_connection(conn)))
+            .connect(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open database: {e}"))?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Applies every pending migration of this engine.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+    }
+
+    /// Lets the restricted application role `role` use the tables the owner just migrated
+    /// (PostgreSQL only). Row-level security still applies to it: it is neither the owner
+    /// nor allowed to bypass RLS.
+    pub async fn grant_app_role(&self, role: &str) -> anyhow::Result<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let role = quote_ident(role);
+        for statement in [
+            format!("GRANT USAGE ON SCHEMA public TO {role}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+            format!("REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM {role}"),
+        ] {
+            sqlx::query(&statement).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// A read transaction scoped to `tenant_id`.
+    pub async fn read(&self, tenant_id: &str) -> sqlx::Result<Tx> {
+        let mut tx = self.pool.begin().await?;
+        self.set_local(&mut tx, TENANT_SETTING, tenant_id).await?;
+        Ok(tx)
+    }
+
+    /// A write transaction scoped to `tenant_id`.
+    pub async fn write(&self, tenant_id: &str) -> sqlx::Result<Tx> {
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        self.set_local(&mut tx, TENANT_SETTING, tenant_id).await?;
+        Ok(tx)
+    }
+
+    /// A write transaction on tables that belong to no tenant (the tenant registry).
+    pub async fn write_global(&self) -> sqlx::Result<Tx> {
+        self.pool.begin_with(self.dialect.begin_write()).await
+    }
+
+    /// Sets a per-transaction RLS setting (a no-op on SQLite).
+    pub async fn set_local(&self, tx: &mut Tx, name: &str, value: &str) -> sqlx::Result<()> {
+        if let Some(sql) = self.dialect.set_local() {
+            sqlx::query(sql)
+                .bind(name)
+                .bind(value)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Quotes a PostgreSQL identifier (role names come from configuration).
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// True when `err` is a unique-constraint violation on `constraint` (matched by name on
+/// PostgreSQL, by `table.column` list on SQLite, whose messages name columns, not constraints).
+pub fn is_unique_violation(err: &sqlx::Error, constraint: &str, sqlite_columns: &str) -> bool {
+    match err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            db.constraint() == Some(constraint) || db.message().contains(sqlite_columns)
+        }
+        _ => false,
+    }
+}

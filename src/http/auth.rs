@@ -1,0 +1,79 @@
+//! The `Principal` extractor: `Authorization: Bearer <key>` -> the calling key, its tenant and
+//! its scopes. Handlers take a `Principal` and call `require(scope)`; nothing else reads the
+//! header.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+use crate::keys::{self, KeyKind, Principal, Rejected, Scope};
+
+use super::error::{Error, Result};
+
+/// The tenant named by an optional `/t/{slug}` URL prefix (set by [`super::tenant_prefix`]).
+#[derive(Clone, Debug)]
+pub struct TenantPrefix(pub String);
+
+impl Principal {
+    /// Fails with 403 `forbidden_scope` unless the key holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        if self.has(scope) {
+            Ok(())
+        } else {
+            Err(Error::ForbiddenScope(scope.as_str()))
+        }
+    }
+
+    /// Fails with 403 `forbidden_scope` unless this is an admin key.
+    pub fn require_admin(&self) -> Result<()> {
+        if self.kind == KeyKind::Admin {
+            Ok(())
+        } else {
+            Err(Error::ForbiddenScope("admin"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let outcome = match presented {
+            Some(key) => keys::authenticate(&state.db, &state.clock, key).await?,
+            None => Err(Rejected::Unknown),
+        };
+        let principal = match outcome {
+            Ok(principal) => principal,
+            Err(rejected) => {
+                // Failed attempts count against the client's address, so guessing keys is as
+                // slow as any other unauthenticated traffic.
+                if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+                    state.limits.check_ip(addr.ip())?;
+                }
+                return Err(match rejected {
+                    Rejected::Unknown => Error::Unauthorized,
+                    Rejected::Revoked => Error::RevokedKey,
+                });
+            }
+        };
+        if let Some(TenantPrefix(slug)) = parts.extensions.get::<TenantPrefix>() {
+            if *slug != principal.tenant_slug {
+                return Err(Error::NotFound {
+                    code: "tenant_not_found",
+                    detail: format!("no tenant {slug:?} for this key"),
+                });
+            }
+        }
+        state.limits.check_key(&principal.key_id)?;
+        Ok(principal)
+    }
+}

@@ -1,0 +1,103 @@
+//! HTTP: router assembly, the cross-cutting layers (request ids, tracing, metrics, rate limits,
+//! body limits, panics), the error type, extractors, pagination and the OpenAPI document.
+//! Each slice owns its own routes; this module only puts them together.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod pagination;
+pub mod rate_limit;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+
+use self::auth::TenantPrefix;
+use self::error::problem;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The application router with every layer, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let (api, document) = openapi::api_router().split_for_parts();
+    let max_body = state.config.max_body_bytes;
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_anonymous,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), ops::track))
+        .layer(CatchPanicLayer::custom(|_| {
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, Vec::new())
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Outer middleware: `/t/{slug}/v1/...` is served as `/v1/...` with the slug remembered, for the
+/// `Principal` extractor to check against the key's tenant. It runs before routing, so the
+/// rewritten path is the one matched.
+pub async fn tenant_prefix(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if let Some((slug, rest)) = path
+        .strip_prefix("/t/")
+        .and_then(|p| p.split_once('/'))
+        .filter(|(_, rest)| rest.starts_with("v1/") || *rest == "v1")
+    {
+        let slug = slug.to_owned();
+        let path_and_query = match request.uri().query() {
+            Some(q) => format!("/{rest}?{q}"),
+            None => format!("/{rest}"),
+        };
+        if let Ok(uri) = Uri::builder().path_and_query(path_and_query).build() {
+            *request.uri_mut() = uri;
+            request.extensions_mut().insert(TenantPrefix(slug));
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(uri: Uri) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some(format!("no route for {}", uri.path())),
+        Vec::new(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        Some("this route does not accept that method".to_owned()),
+        Vec::new(),
+    )
+}

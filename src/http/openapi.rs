@@ -1,0 +1,69 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//!
+//! Routes are registered through `utoipa_axum`, so a route cannot exist without appearing in the
+//! document. The committed copy in `openapi/openapi.json` is checked against [`document`] by a
+//! test and by CI.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard",
+        description = "Self-hostable integration hub for partner programs.\n\n\
+            Authenticate with `Authorization: Bearer <key>`. A key belongs to one tenant, so URLs \
+            need no tenant; every `/v1/...` route is also reachable as `/t/{slug}/v1/...`, where \
+            the slug must be the key's tenant (404 otherwise).\n\n\
+            Errors are RFC 9457 problem+json documents with a stable `code`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "keys", description = "Who am I, and API keys"),
+        (name = "operations", description = "Health, readiness and metrics (no key needed)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `sy_<prefix>_<secret>`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route of the API, with its document.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::keys::routes::router())
+        .merge(super::ops::router())
+}
+
+/// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.
+pub fn document() -> Document {
+    api_router().split_for_parts().1
+}
+
+/// The document as committed: pretty JSON with a trailing newline.
+pub fn document_json() -> String {
+    let mut json = document()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    json.push('\n');
+    json
+}

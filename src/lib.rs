@@ -1,0 +1,17 @@
+//! Switchyard: a self-hostable integration hub for partner programs.
+//!
+//! The crate is organised by domain slice (see `docs/architecture.md`): each slice owns its
+//! routes, SQL and types; `http` assembles them into one router and `db` holds the pool, the
+//! dialect and the migrations. `app` wires configuration, storage and the router into a running
+//! server, and `cli` is the command line around it.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ids;
+pub mod keys;
+pub mod secrets;
+pub mod tenants;

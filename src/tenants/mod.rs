@@ -1,0 +1,126 @@
+//! Tenants: the companies whose partner programs one Switchyard runs.
+//!
+//! In `single` mode there is one tenant, `default`, created on first start. In `multi` mode more
+//! are created with `switchyard tenants create`. An API key belongs to one tenant and implies it;
+//! the optional `/t/{slug}` URL prefix only has to agree with it.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::clock::Clock;
+use crate::db::{is_unique_violation, Tx};
+use crate::ids;
+
+/// The slug of the tenant created on first start.
+pub const DEFAULT_SLUG: &str = "default";
+
+/// Slugs a tenant cannot take: they name parts of the product or would confuse people.
+const RESERVED_SLUGS: &[&str] = &[
+    "admin", "api", "app", "assets", "auth", "dashboard", "default", "docs", "healthz", "help",
+    "login", "metrics", "openapi", "readyz", "root", "static", "status", "support", "switchyard",
+    "system", "www",
+];
+
+#[derive(Clone, Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Tenant {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("slug must be 3 to 30 characters of a-z, 0-9 and '-'")]
+    InvalidSlug,
+    #[error("slug {0:?} is reserved")]
+    ReservedSlug(String),
+    #[error("a tenant with slug {0:?} already exists")]
+    SlugTaken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub fn validate_slug(slug: &str) -> Result<(), TenantError> {
+    let well_formed = (3..=30).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !well_formed {
+        return Err(TenantError::InvalidSlug);
+    }
+    if RESERVED_SLUGS.contains(&slug) {
+        return Err(TenantError::ReservedSlug(slug.to_owned()));
+    }
+    Ok(())
+}
+
+/// Creates a tenant with a validated slug.
+pub async fn create(tx: &mut Tx, clock: &Clock, slug: &str, name: &str) -> Result<Tenant, TenantError> {
+    validate_slug(slug)?;
+    let tenant = Tenant {
+        id: ids::new("ten"),
+        slug: slug.to_owned(),
+        name: name.to_owned(),
+    };
+    sqlx::query("INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&tenant.id)
+        .bind(&tenant.slug)
+        .bind(&tenant.name)
+        .bind(clock.now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e, "tenants_slug_key", "tenants.slug") {
+                TenantError::SlugTaken(slug.to_owned())
+            } else {
+                e.into()
+            }
+        })?;
+    Ok(tenant)
+}
+
+/// Creates the default tenant unless it exists. Returns it only when this call created it, so
+/// that of several nodes starting at once exactly one announces it.
+pub async fn create_default(tx: &mut Tx, clock: &Clock) -> sqlx::Result<Option<Tenant>> {
+    let tenant = Tenant {
+        id: ids::new("ten"),
+        slug: DEFAULT_SLUG.to_owned(),
+        name: "Default".to_owned(),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (slug) DO NOTHING",
+    )
+    .bind(&tenant.id)
+    .bind(&tenant.slug)
+    .bind(&tenant.name)
+    .bind(clock.now_ms())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok((inserted == 1).then_some(tenant))
+}
+
+pub async fn find_by_slug(tx: &mut Tx, slug: &str) -> sqlx::Result<Option<Tenant>> {
+    sqlx::query_as("SELECT id, slug, name FROM tenants WHERE slug = $1")
+        .bind(slug)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_follow_the_documented_pattern() {
+        for ok in ["acme", "a-1", "abc", "x23456789012345678901234567890"] {
+            assert!(validate_slug(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "Acme", "acme_co", "acme.co", "", "x234567890123456789012345678901"] {
+            assert!(matches!(validate_slug(bad), Err(TenantError::InvalidSlug)), "{bad}");
+        }
+        assert!(matches!(validate_slug("admin"), Err(TenantError::ReservedSlug(_))));
+        assert!(matches!(validate_slug("default"), Err(TenantError::ReservedSlug(_))));
+    }
+}
