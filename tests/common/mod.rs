@@ -1,0 +1,284 @@
+//! The integration harness: the real server, on a real database, on an ephemeral port.
+//!
+//! Every story runs once per engine (see [`on_both_engines!`]): SQLite in a temporary file
+//! always, PostgreSQL in a freshly created database when `SWITCHYARD_TEST_DATABASE_URL` names a
+//! server. On PostgreSQL the server connects as a restricted role, exactly like production, so
+//! row-level security is in force during every test.
+
+#![allow(dead_code)]
+
+use std::sync::Once;
+
+use clap::Parser as _;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use switchyard::app::{self, Running};
+use switchyard::clock::Clock;
+use switchyard::config::Config;
+
+/// Generates `story::sqlite` and `story::postgres` tests from `async fn story(engine: Engine)`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($story:ident),+ $(,)?) => {$(
+        mod $story {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$story($crate::common::Engine::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(switchyard_pg_tests),
+                ignore = "set SWITCHYARD_TEST_DATABASE_URL to run on PostgreSQL"
+            )]
+            async fn postgres() {
+                super::$story($crate::common::Engine::Postgres).await
+            }
+        }
+    )+};
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The restricted role the server connects as on PostgreSQL: no superuser, no BYPASSRLS.
+pub const APP_ROLE: &str = "switchyard_test_app";
+
+/// A database made for one test and dropped after it.
+pub struct TestDb {
+    pub engine: Engine,
+    /// The owner's URL: migrations, and the tests' own inspection queries.
+    pub url: String,
+    /// PostgreSQL: the restricted role's URL the server uses.
+    pub app_url: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+pub fn server_url() -> String {
+    std::env::var("SWITCHYARD_TEST_DATABASE_URL")
+        .expect("PostgreSQL tests need SWITCHYARD_TEST_DATABASE_URL")
+}
+
+fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+impl TestDb {
+    pub async fn create(engine: Engine) -> TestDb {
+        init_tracing();
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite:{}", dir.path().join("switchyard.db").display());
+                TestDb {
+                    engine,
+                    url,
+                    app_url: None,
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Engine::Postgres => {
+                use sqlx::Connection as _;
+                let server = server_url();
+                let name = format!("sy_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+                let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to PostgreSQL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                // Roles are cluster-wide: create it once, tolerating a concurrent creator.
+                sqlx::query(&format!(
+                    "DO $$ BEGIN CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                ))
+                .execute(&mut admin)
+                .await
+                .expect("create application role");
+                admin.close().await.ok();
+                let mut url = url::Url::parse(&server).expect("SWITCHYARD_TEST_DATABASE_URL");
+                url.set_path(&name);
+                let mut app = url.clone();
+                app.set_username(APP_ROLE).unwrap();
+                app.set_password(None).unwrap();
+                TestDb {
+                    engine,
+                    url: url.to_string(),
+                    app_url: Some(app.to_string()),
+                    _dir: None,
+                    pg: Some((server, name)),
+                }
+            }
+        }
+    }
+
+    /// Configuration for a server on this database; `extra` are further command-line options.
+    pub fn config(&self, extra: &[&str]) -> Config {
+        let mut args = vec![
+            "switchyard".to_owned(),
+            "--database-url".to_owned(),
+            self.url.clone(),
+            "--secrets-key".to_owned(),
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned(),
+            "--rate-limit-per-key".to_owned(),
+            "10000".to_owned(),
+            "--rate-limit-per-ip".to_owned(),
+            "10000".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        if let Some(app_url) = &self.app_url {
+            args.extend(["--database-url-app".to_owned(), app_url.clone()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("serve".to_owned());
+        switchyard::cli::Cli::try_parse_from(args)
+            .expect("test configuration parses")
+            .config
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop runs outside async context guarantees: use a private runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                use sqlx::Connection as _;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running Switchyard and an HTTP client for it.
+pub struct TestServer {
+    pub base: String,
+    /// The admin key created on first start.
+    pub admin_key: String,
+    pub tenant_id: String,
+    pub clock: Clock,
+    pub running: Option<Running>,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+}
+
+impl TestServer {
+    pub async fn start(engine: Engine) -> TestServer {
+        Self::start_with(engine, &[]).await
+    }
+
+    /// Starts a server with extra command-line options, e.g. `["--tenancy", "multi"]`.
+    pub async fn start_with(engine: Engine, extra: &[&str]) -> TestServer {
+        let db = TestDb::create(engine).await;
+        let config = db.config(extra);
+        let clock = Clock::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = app::start(config, clock.clone(), listener)
+            .await
+            .expect("server starts");
+        let first = running
+            .first_start
+            .as_ref()
+            .expect("an empty database gets a default tenant and admin key");
+        TestServer {
+            base: format!("http://{}", running.addr),
+            admin_key: first.key.plaintext.clone(),
+            tenant_id: first.tenant.id.clone(),
+            clock,
+            running: Some(running),
+            client: reqwest::Client::new(),
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and returns the raw response.
+    pub async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request reaches the server")
+    }
+
+    /// Sends a request; returns the status and the JSON body (`Null` when there is none).
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+        let response = self.send(method, path, key, body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(key), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// Mints a key through the API with the admin key; returns (id, plaintext).
+    pub async fn mint(&self, body: Value) -> (String, String) {
+        let (status, key) = self.post("/v1/api-keys", &self.admin_key, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        (
+            key["id"].as_str().unwrap().to_owned(),
+            key["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// Asserts an RFC 9457 problem with `status` and `code`; returns the document.
+#[track_caller]
+pub fn assert_problem(response: &(StatusCode, Value), status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["code"], code, "{}", response.1);
+    assert_eq!(response.1["status"], status.as_u16(), "{}", response.1);
+    assert_eq!(response.1["type"], format!("urn:switchyard:problem:{code}"));
+    response.1.clone()
+}
