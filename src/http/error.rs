@@ -58,6 +58,9 @@ pub enum Error {
     BadRequest { code: &'static str, detail: String },
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
+    /// Well-formed JSON of the wrong shape: a missing field or a value of the wrong type.
+    #[error("{0}")]
+    InvalidBody(String),
     #[error("the request body is larger than the limit")]
     PayloadTooLarge,
     #[error("unsupported media type: send application/json")]
@@ -93,6 +96,7 @@ impl Error {
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -164,10 +168,7 @@ impl From<sqlx::Error> for Error {
 impl From<JsonRejection> for Error {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => Self::BadRequest {
-                code: "invalid_body",
-                detail: e.body_text(),
-            },
+            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
             JsonRejection::JsonSyntaxError(e) => Self::BadRequest {
                 code: "malformed_json",
                 detail: e.body_text(),
@@ -176,10 +177,7 @@ impl From<JsonRejection> for Error {
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::PayloadTooLarge
             }
-            other => Self::BadRequest {
-                code: "invalid_body",
-                detail: other.body_text(),
-            },
+            other => Self::InvalidBody(other.body_text()),
         }
     }
 }

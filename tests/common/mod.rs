@@ -126,21 +126,21 @@ impl TestDb {
 
     /// Configuration for a server on this database; `extra` are further command-line options.
     pub fn config(&self, extra: &[&str]) -> Config {
-        let mut args = vec![
-            "switchyard".to_owned(),
-            "--database-url".to_owned(),
-            self.url.clone(),
-            "--secrets-key".to_owned(),
-            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned(),
-            "--rate-limit-per-key".to_owned(),
-            "10000".to_owned(),
-            "--rate-limit-per-ip".to_owned(),
-            "10000".to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
+        let mut options = vec![
+            ("--database-url", self.url.clone()),
+            ("--secrets-key", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned()),
+            ("--rate-limit-per-key", "10000".to_owned()),
+            ("--rate-limit-per-ip", "10000".to_owned()),
+            ("--listen", "127.0.0.1:0".to_owned()),
         ];
         if let Some(app_url) = &self.app_url {
-            args.extend(["--database-url-app".to_owned(), app_url.clone()]);
+            options.push(("--database-url-app", app_url.clone()));
+        }
+        let mut args = vec!["switchyard".to_owned()];
+        for (flag, value) in options {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value]);
+            }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         args.push("serve".to_owned());
@@ -281,4 +281,26 @@ pub fn assert_problem(response: &(StatusCode, Value), status: StatusCode, code: 
     assert_eq!(response.1["status"], status.as_u16(), "{}", response.1);
     assert_eq!(response.1["type"], format!("urn:switchyard:problem:{code}"));
     response.1.clone()
+}
+
+/// Creates another tenant (as `switchyard tenants create` does) with a first admin key;
+/// returns (tenant id, admin key).
+pub async fn create_tenant(srv: &TestServer, slug: &str) -> (String, String) {
+    use switchyard::{db::Db, keys, tenants};
+    let db = Db::connect(&srv.db.url, 1).await.unwrap();
+    let mut tx = db.write_global().await.unwrap();
+    let tenant = tenants::create(&mut tx, &srv.clock, slug, slug).await.unwrap();
+    db.set_local(&mut tx, switchyard::db::TENANT_SETTING, &tenant.id)
+        .await
+        .unwrap();
+    let new = keys::NewKey {
+        name: "admin".to_owned(),
+        kind: keys::KeyKind::Admin,
+        scopes: Vec::new(),
+        partner_id: None,
+    };
+    let issued = keys::issue(&mut tx, &srv.clock, &tenant.id, new).await.unwrap();
+    tx.commit().await.unwrap();
+    db.close().await;
+    (tenant.id, issued.plaintext)
 }

@@ -1,0 +1,151 @@
+//! Bad input gets a clear 4xx problem document, never a 500; limits answer 413 and 429.
+
+mod common;
+
+use common::{assert_problem, Engine, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+on_both_engines!(
+    malformed_and_mistyped_bodies_are_client_errors,
+    oversized_bodies_are_refused_with_413,
+    unknown_routes_and_methods_are_problems,
+    anonymous_callers_are_limited_per_ip,
+    keys_are_limited_per_key,
+    every_response_carries_a_request_id,
+    operations_endpoints_report_health_and_metrics,
+);
+
+async fn raw(srv: &TestServer, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
+    let mut request = srv
+        .client
+        .post(srv.url("/v1/api-keys"))
+        .bearer_auth(&srv.admin_key)
+        .body(body.to_owned());
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    (status, response.json().await.unwrap())
+}
+
+async fn malformed_and_mistyped_bodies_are_client_errors(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let json = Some("application/json");
+    assert_problem(&raw(&srv, "{\"name\": ", json).await, StatusCode::BAD_REQUEST, "malformed_json");
+    let mistyped = raw(&srv, r#"{"name": 5, "scopes": ["events:write"]}"#, json).await;
+    let problem = assert_problem(&mistyped, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    assert!(problem["detail"].as_str().unwrap().contains("name"), "{problem}");
+    let missing = raw(&srv, r#"{"scopes": ["events:write"]}"#, json).await;
+    assert_problem(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let text = raw(&srv, r#"{"name": "x"}"#, Some("text/plain")).await;
+    assert_problem(&text, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_problem(&raw(&srv, "{}", None).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    srv.stop().await;
+}
+
+async fn oversized_bodies_are_refused_with_413(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--max-body-bytes", "1024"]).await;
+    let big = format!(r#"{{"name": "{}", "scopes": ["events:write"]}}"#, "x".repeat(4096));
+    let response = raw(&srv, &big, Some("application/json")).await;
+    assert_problem(&response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    srv.stop().await;
+}
+
+async fn unknown_routes_and_methods_are_problems(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let missing = srv.get("/v1/nothing-here", &srv.admin_key).await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
+    let wrong_method = srv.call(Method::PUT, "/v1/whoami", Some(&srv.admin_key), None).await;
+    assert_problem(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let bad_header = srv
+        .client
+        .get(srv.url("/v1/whoami"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_header.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(bad_header.headers()["www-authenticate"], "Bearer");
+    srv.stop().await;
+}
+
+async fn anonymous_callers_are_limited_per_ip(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "3"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(srv.send(Method::GET, "/healthz", None, None).await.status());
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let limited = srv.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let problem: Value = limited.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+
+    // Guessing keys counts against the address too, while a valid key has its own bucket.
+    let guess = srv.send(Method::GET, "/v1/whoami", Some("sy_guess"), None).await;
+    assert_eq!(guess.status(), StatusCode::TOO_MANY_REQUESTS);
+    let (status, _) = srv.get("/v1/whoami", &srv.admin_key).await;
+    assert_eq!(status, StatusCode::OK);
+    srv.stop().await;
+}
+
+async fn keys_are_limited_per_key(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--rate-limit-per-key", "2"]).await;
+    let (_, other) = srv.mint(serde_json::json!({"name": "other", "scopes": ["events:write"]})).await;
+    // The mint above used one of the admin key's two requests.
+    assert_eq!(srv.get("/v1/whoami", &srv.admin_key).await.0, StatusCode::OK);
+    let limited = srv.send(Method::GET, "/v1/whoami", Some(&srv.admin_key), None).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(srv.get("/v1/whoami", &other).await.0, StatusCode::OK, "other keys are unaffected");
+    srv.stop().await;
+}
+
+async fn every_response_carries_a_request_id(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let generated = srv.send(Method::GET, "/healthz", None, None).await;
+    assert!(!generated.headers()["x-request-id"].is_empty());
+    let echoed = srv
+        .client
+        .get(srv.url("/v1/whoami"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+    srv.stop().await;
+}
+
+async fn operations_endpoints_report_health_and_metrics(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (status, health) = srv.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (status, ready) = srv.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!((status, ready["status"].as_str()), (StatusCode::OK, Some("ready")));
+
+    srv.get("/v1/whoami", &srv.admin_key).await;
+    let metrics = srv.send(Method::GET, "/metrics", None, None).await;
+    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(r#"switchyard_http_requests_total{method="GET",route="/v1/whoami",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("switchyard_http_request_duration_seconds_bucket"));
+    assert!(text.trim_end().ends_with("# EOF"));
+
+    // Readiness follows the database.
+    let state = srv.running.as_ref().unwrap().state.clone();
+    state.db.close().await;
+    let (status, problem) = srv.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "unavailable");
+}

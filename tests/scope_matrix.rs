@@ -1,0 +1,132 @@
+//! Every route x every kind of caller gets the expected status.
+//!
+//! The route table is checked against the OpenAPI document, so a new route cannot be added
+//! without saying here who may call it.
+
+mod common;
+
+use common::{Engine, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+on_both_engines!(every_route_answers_every_caller_as_documented);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Needs {
+    Nothing,
+    AnyKey,
+    Admin,
+}
+
+/// (method, documented path, who may call it)
+const ROUTES: &[(&str, &str, Needs)] = &[
+    ("GET", "/healthz", Needs::Nothing),
+    ("GET", "/readyz", Needs::Nothing),
+    ("GET", "/metrics", Needs::Nothing),
+    ("GET", "/v1/whoami", Needs::AnyKey),
+    ("POST", "/v1/api-keys", Needs::Admin),
+    ("GET", "/v1/api-keys", Needs::Admin),
+    ("DELETE", "/v1/api-keys/{id}", Needs::Admin),
+];
+
+enum Caller {
+    NoKey,
+    Malformed,
+    Unknown,
+    Revoked,
+    Scoped,
+    Partner,
+    Admin,
+}
+
+const SCOPES: [&str; 7] = [
+    "events:write",
+    "partners:read",
+    "partners:write",
+    "commissions:read",
+    "webhooks:read",
+    "webhooks:write",
+    "postbacks:write",
+];
+
+#[test]
+fn the_table_covers_every_documented_route() {
+    let document: Value = serde_json::from_str(&switchyard::http::openapi::document_json()).unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut table: Vec<_> = ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    table.sort();
+    assert_eq!(documented, table);
+}
+
+fn expected(needs: Needs, caller: &Caller, method: &str) -> StatusCode {
+    let authenticated = matches!(caller, Caller::Scoped | Caller::Partner | Caller::Admin);
+    let ok = match method {
+        "POST" => StatusCode::CREATED,
+        "DELETE" => StatusCode::NO_CONTENT,
+        _ => StatusCode::OK,
+    };
+    match needs {
+        Needs::Nothing => ok,
+        _ if !authenticated => StatusCode::UNAUTHORIZED,
+        Needs::AnyKey => ok,
+        Needs::Admin if matches!(caller, Caller::Admin) => ok,
+        Needs::Admin => StatusCode::FORBIDDEN,
+    }
+}
+
+async fn every_route_answers_every_caller_as_documented(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (revoked_id, revoked) = srv.mint(json!({"name": "old", "scopes": ["events:write"]})).await;
+    srv.delete(&format!("/v1/api-keys/{revoked_id}"), &srv.admin_key).await;
+    let (_, partner) = srv
+        .mint(json!({"name": "p", "kind": "partner", "partner_id": "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}))
+        .await;
+
+    let mut callers = vec![
+        ("no key".to_owned(), Caller::NoKey, None),
+        ("malformed key".to_owned(), Caller::Malformed, Some("not-a-key".to_owned())),
+        (
+            "unknown key".to_owned(),
+            Caller::Unknown,
+            Some(format!("sy_{}_{}", "A".repeat(12), "b".repeat(32))),
+        ),
+        ("revoked key".to_owned(), Caller::Revoked, Some(revoked)),
+        ("partner key".to_owned(), Caller::Partner, Some(partner)),
+        ("admin key".to_owned(), Caller::Admin, Some(srv.admin_key.clone())),
+    ];
+    for scope in SCOPES {
+        let (_, key) = srv.mint(json!({"name": scope, "scopes": [scope]})).await;
+        callers.push((format!("key with {scope}"), Caller::Scoped, Some(key)));
+    }
+
+    let mut mismatches = Vec::new();
+    for (method, path, needs) in ROUTES {
+        for (label, caller, key) in &callers {
+            // Each DELETE revokes a throwaway key, so an allowed call has something to revoke.
+            let path = if path.contains("{id}") {
+                let (victim, _) = srv.mint(json!({"name": "victim", "scopes": ["events:write"]})).await;
+                path.replace("{id}", &victim)
+            } else {
+                path.to_string()
+            };
+            let body = (*method == "POST").then(|| json!({"name": "minted", "scopes": ["events:write"]}));
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let (status, answer) = srv.call(method.clone(), &path, key.as_deref(), body.as_ref()).await;
+            let want = expected(*needs, caller, method.as_str());
+            if status != want {
+                mismatches.push(format!("{method} {path} as {label}: got {status}, want {want}: {answer}"));
+            }
+            if status.is_client_error() {
+                assert_eq!(answer["status"], status.as_u16(), "errors are problem documents: {answer}");
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    srv.stop().await;
+}
