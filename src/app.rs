@@ -186,7 +186,10 @@ impl Running {
         match tokio::time::timeout(deadline, self.server).await {
             Ok(joined) => joined??,
             Err(_) => {
-                tracing::warn!(?deadline, "in-flight requests did not finish in time; exiting");
+                tracing::warn!(
+                    ?deadline,
+                    "in-flight requests did not finish in time; exiting"
+                );
                 abort.abort();
             }
         }

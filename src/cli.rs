@@ -201,7 +201,10 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
         KeysCommand::List { tenant } => {
             let tenant_id = tenant_id(&db, &tenant).await?;
             let mut cursor: Option<String> = None;
-            println!("{:<31} {:<8} {:<16} {:<8} NAME / SCOPES", "ID", "KIND", "PREFIX", "STATUS");
+            println!(
+                "{:<31} {:<8} {:<16} {:<8} NAME / SCOPES",
+                "ID", "KIND", "PREFIX", "STATUS"
+            );
             loop {
                 let page = crate::http::pagination::Page::new(Some(200), cursor.as_deref())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -211,7 +214,11 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
                 let list = page.finish(rows, |k| (k.created_at, &k.id));
                 for key in list.data.into_iter().map(keys::ApiKey::from) {
                     let scopes: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
-                    let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                    let status = if key.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<31} {:<8} {:<16} {:<8} {} [{}]",
                         key.id,
@@ -251,7 +258,8 @@ async fn tenants_command(config: &Config, command: TenantsCommand) -> anyhow::Re
     let mut tx = db.write_global().await?;
     let name = name.unwrap_or_else(|| slug.clone());
     let tenant = tenants::create(&mut tx, &clock, &slug, &name).await?;
-    db.set_local(&mut tx, crate::db::TENANT_SETTING, &tenant.id).await?;
+    db.set_local(&mut tx, crate::db::TENANT_SETTING, &tenant.id)
+        .await?;
     let issued = keys::issue(
         &mut tx,
         &clock,

@@ -11,7 +11,12 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address the HTTP server listens on.
-    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Database the server and migrations use: `sqlite:PATH` (embedded, created when missing)
@@ -30,7 +35,12 @@ pub struct Config {
     pub database_url_app: Option<String>,
 
     /// Largest number of pooled database connections.
-    #[arg(long, env = "SWITCHYARD_DB_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// `single`: one default tenant. `multi`: more tenants with `switchyard tenants create`.
@@ -39,7 +49,12 @@ pub struct Config {
 
     /// 32-byte key (hex or base64) that encrypts secrets at rest with AES-256-GCM. Required with
     /// PostgreSQL; with SQLite a key file is generated beside the database when unset.
-    #[arg(long, env = "SWITCHYARD_SECRETS_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_SECRETS_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub secrets_key: Option<String>,
 
     /// Base URL that clients reach this server at (used in the first-start curl line).
@@ -48,19 +63,39 @@ pub struct Config {
     pub public_url: Option<String>,
 
     /// Requests per second one API key may make (bursts up to the same number).
-    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_KEY", default_value = "100", global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_RATE_LIMIT_PER_KEY",
+        default_value = "100",
+        global = true
+    )]
     pub rate_limit_per_key: std::num::NonZeroU32,
 
     /// Requests per second one client IP may make without a valid API key.
-    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_IP", default_value = "20", global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_RATE_LIMIT_PER_IP",
+        default_value = "20",
+        global = true
+    )]
     pub rate_limit_per_ip: std::num::NonZeroU32,
 
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 1_048_576, global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_BODY_BYTES",
+        default_value_t = 1_048_576,
+        global = true
+    )]
     pub max_body_bytes: usize,
 
     /// Seconds a shutdown waits for in-flight requests before exiting anyway.
-    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Log format: `text` for people, `json` for log pipelines.
@@ -135,7 +170,10 @@ mod tests {
 
     #[test]
     fn public_url_defaults_to_the_listen_address() {
-        assert_eq!(parse(&["--listen", "127.0.0.1:9000"]).public_url(), "http://127.0.0.1:9000");
+        assert_eq!(
+            parse(&["--listen", "127.0.0.1:9000"]).public_url(),
+            "http://127.0.0.1:9000"
+        );
         assert_eq!(
             parse(&["--public-url", "https://hub.example.com/"]).public_url(),
             "https://hub.example.com"

@@ -148,8 +148,14 @@ mod tests {
         let last = raw.len() - 1;
         raw[last] ^= 1;
         let tampered = format!("v1:{}", STANDARD.encode(raw));
-        assert!(matches!(sealed_box.open(&tampered), Err(SecretError::WrongKey)));
-        assert!(matches!(sealed_box.open("v1:!!"), Err(SecretError::Malformed)));
+        assert!(matches!(
+            sealed_box.open(&tampered),
+            Err(SecretError::WrongKey)
+        ));
+        assert!(matches!(
+            sealed_box.open("v1:!!"),
+            Err(SecretError::Malformed)
+        ));
     }
 
     #[test]

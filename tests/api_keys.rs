@@ -39,7 +39,10 @@ async fn an_admin_mints_a_scoped_key_whose_secret_is_shown_once(engine: Engine) 
     let plaintext = created["key"].as_str().unwrap();
     assert!(plaintext.starts_with(created["prefix"].as_str().unwrap()));
     assert_eq!(created["kind"], "scoped");
-    assert_eq!(created["scopes"], json!(["webhooks:read", "webhooks:write"]));
+    assert_eq!(
+        created["scopes"],
+        json!(["webhooks:read", "webhooks:write"])
+    );
 
     let (_, me) = srv.get("/v1/whoami", plaintext).await;
     assert_eq!(me["key_id"], created["id"]);
@@ -59,7 +62,9 @@ async fn an_admin_mints_a_scoped_key_whose_secret_is_shown_once(engine: Engine) 
 
     // Nothing in the database holds the plaintext either.
     let stored: Vec<(String,)> = sqlx_rows(&srv, "SELECT secret_hash FROM api_keys").await;
-    assert!(stored.iter().all(|(hash,)| !hash.contains(&plaintext[16..])));
+    assert!(stored
+        .iter()
+        .all(|(hash,)| !hash.contains(&plaintext[16..])));
     srv.stop().await;
 }
 
@@ -74,24 +79,40 @@ async fn sqlx_rows(srv: &TestServer, sql: &str) -> Vec<(String,)> {
 
 async fn revocation_is_immediate(engine: Engine) {
     let srv = TestServer::start(engine).await;
-    let (id, key) = srv.mint(json!({"name": "CRM", "scopes": ["events:write"]})).await;
+    let (id, key) = srv
+        .mint(json!({"name": "CRM", "scopes": ["events:write"]}))
+        .await;
     assert_eq!(srv.get("/v1/whoami", &key).await.0, StatusCode::OK);
 
-    let (status, _) = srv.delete(&format!("/v1/api-keys/{id}"), &srv.admin_key).await;
+    let (status, _) = srv
+        .delete(&format!("/v1/api-keys/{id}"), &srv.admin_key)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let response = srv.get("/v1/whoami", &key).await;
     assert_problem(&response, StatusCode::UNAUTHORIZED, "key_revoked");
 
     // Revoking again is harmless; revoking what does not exist is a 404.
     assert_eq!(
-        srv.delete(&format!("/v1/api-keys/{id}"), &srv.admin_key).await.0,
+        srv.delete(&format!("/v1/api-keys/{id}"), &srv.admin_key)
+            .await
+            .0,
         StatusCode::NO_CONTENT
     );
-    let missing = srv.delete("/v1/api-keys/key_01J00000000000000000000000", &srv.admin_key).await;
+    let missing = srv
+        .delete(
+            "/v1/api-keys/key_01J00000000000000000000000",
+            &srv.admin_key,
+        )
+        .await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
 
     let (_, list) = srv.get("/v1/api-keys", &srv.admin_key).await;
-    let revoked = list["data"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap();
+    let revoked = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
     assert!(revoked["revoked_at"].is_string());
     srv.stop().await;
 }
@@ -100,8 +121,16 @@ async fn lists_page_newest_first_and_filter_by_scope(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let mut minted = Vec::new();
     for i in 0..5 {
-        let scope = if i % 2 == 0 { "events:write" } else { "partners:read" };
-        minted.push(srv.mint(json!({"name": format!("key {i}"), "scopes": [scope]})).await.0);
+        let scope = if i % 2 == 0 {
+            "events:write"
+        } else {
+            "partners:read"
+        };
+        minted.push(
+            srv.mint(json!({"name": format!("key {i}"), "scopes": [scope]}))
+                .await
+                .0,
+        );
     }
 
     let mut seen = Vec::new();
@@ -122,18 +151,44 @@ async fn lists_page_newest_first_and_filter_by_scope(engine: Engine) {
     assert_eq!(&seen[..5], &expected[..]);
     assert_eq!(seen.len(), 6);
 
-    let (_, filtered) = srv.get("/v1/api-keys?scope=events:write", &srv.admin_key).await;
-    let ids: Vec<_> = filtered["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_owned()).collect();
+    let (_, filtered) = srv
+        .get("/v1/api-keys?scope=events:write", &srv.admin_key)
+        .await;
+    let ids: Vec<_> = filtered["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
     expected = vec![minted[4].clone(), minted[2].clone(), minted[0].clone()];
     assert_eq!(&ids[..3], &expected[..]);
-    assert_eq!(ids.len(), 4, "admin keys hold every scope, so they are listed too");
+    assert_eq!(
+        ids.len(),
+        4,
+        "admin keys hold every scope, so they are listed too"
+    );
 
     let bad_limit = srv.get("/v1/api-keys?limit=500", &srv.admin_key).await;
-    assert_eq!(assert_problem(&bad_limit, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")["errors"][0]["field"], "limit");
+    assert_eq!(
+        assert_problem(
+            &bad_limit,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed"
+        )["errors"][0]["field"],
+        "limit"
+    );
     let bad_cursor = srv.get("/v1/api-keys?cursor=garbage", &srv.admin_key).await;
-    assert_problem(&bad_cursor, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_problem(
+        &bad_cursor,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     let bad_scope = srv.get("/v1/api-keys?scope=root", &srv.admin_key).await;
-    assert_problem(&bad_scope, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_problem(
+        &bad_scope,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     srv.stop().await;
 }
 
@@ -144,14 +199,27 @@ async fn invalid_key_requests_get_field_errors(engine: Engine) {
         (json!({"name": "x", "scopes": ["events:delete"]}), "scopes"),
         (json!({"name": "x", "scopes": []}), "scopes"),
         (json!({"name": "x", "kind": "root"}), "kind"),
-        (json!({"name": "x", "kind": "admin", "scopes": ["events:write"]}), "scopes"),
+        (
+            json!({"name": "x", "kind": "admin", "scopes": ["events:write"]}),
+            "scopes",
+        ),
         (json!({"name": "x", "kind": "partner"}), "partner_id"),
-        (json!({"name": "x", "kind": "partner", "partner_id": "bob"}), "partner_id"),
-        (json!({"name": "x", "scopes": ["events:write"], "partner_id": "ptr_01J00000000000000000000000"}), "partner_id"),
+        (
+            json!({"name": "x", "kind": "partner", "partner_id": "bob"}),
+            "partner_id",
+        ),
+        (
+            json!({"name": "x", "scopes": ["events:write"], "partner_id": "ptr_01J00000000000000000000000"}),
+            "partner_id",
+        ),
     ];
     for (body, field) in cases {
         let response = srv.post("/v1/api-keys", &srv.admin_key, body.clone()).await;
-        let problem = assert_problem(&response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        let problem = assert_problem(
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
         assert_eq!(problem["errors"][0]["field"], field, "{body}");
     }
     srv.stop().await;
@@ -160,7 +228,9 @@ async fn invalid_key_requests_get_field_errors(engine: Engine) {
 async fn partner_keys_act_as_their_partner(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let partner = "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8";
-    let (_, key) = srv.mint(json!({"name": "partner portal", "kind": "partner", "partner_id": partner})).await;
+    let (_, key) = srv
+        .mint(json!({"name": "partner portal", "kind": "partner", "partner_id": partner}))
+        .await;
     let (status, me) = srv.get("/v1/whoami", &key).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["kind"], "partner");

@@ -37,23 +37,45 @@ async fn raw(srv: &TestServer, body: &str, content_type: Option<&str>) -> (Statu
 async fn malformed_and_mistyped_bodies_are_client_errors(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let json = Some("application/json");
-    assert_problem(&raw(&srv, "{\"name\": ", json).await, StatusCode::BAD_REQUEST, "malformed_json");
+    assert_problem(
+        &raw(&srv, "{\"name\": ", json).await,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
     let mistyped = raw(&srv, r#"{"name": 5, "scopes": ["events:write"]}"#, json).await;
     let problem = assert_problem(&mistyped, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
-    assert!(problem["detail"].as_str().unwrap().contains("name"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("name"),
+        "{problem}"
+    );
     let missing = raw(&srv, r#"{"scopes": ["events:write"]}"#, json).await;
     assert_problem(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     let text = raw(&srv, r#"{"name": "x"}"#, Some("text/plain")).await;
-    assert_problem(&text, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    assert_problem(&raw(&srv, "{}", None).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_problem(
+        &text,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    assert_problem(
+        &raw(&srv, "{}", None).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
     srv.stop().await;
 }
 
 async fn oversized_bodies_are_refused_with_413(engine: Engine) {
     let srv = TestServer::start_with(engine, &["--max-body-bytes", "1024"]).await;
-    let big = format!(r#"{{"name": "{}", "scopes": ["events:write"]}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"name": "{}", "scopes": ["events:write"]}}"#,
+        "x".repeat(4096)
+    );
     let response = raw(&srv, &big, Some("application/json")).await;
-    assert_problem(&response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_problem(
+        &response,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
     srv.stop().await;
 }
 
@@ -61,8 +83,14 @@ async fn unknown_routes_and_methods_are_problems(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let missing = srv.get("/v1/nothing-here", &srv.admin_key).await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
-    let wrong_method = srv.call(Method::PUT, "/v1/whoami", Some(&srv.admin_key), None).await;
-    assert_problem(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let wrong_method = srv
+        .call(Method::PUT, "/v1/whoami", Some(&srv.admin_key), None)
+        .await;
+    assert_problem(
+        &wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
     let bad_header = srv
         .client
         .get(srv.url("/v1/whoami"))
@@ -81,16 +109,25 @@ async fn anonymous_callers_are_limited_per_ip(engine: Engine) {
     for _ in 0..3 {
         statuses.push(srv.send(Method::GET, "/healthz", None, None).await.status());
     }
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     let limited = srv.send(Method::GET, "/healthz", None, None).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let problem: Value = limited.json().await.unwrap();
     assert_eq!(problem["code"], "rate_limited");
 
     // Guessing keys counts against the address too, while a valid key has its own bucket.
-    let guess = srv.send(Method::GET, "/v1/whoami", Some("sy_guess"), None).await;
+    let guess = srv
+        .send(Method::GET, "/v1/whoami", Some("sy_guess"), None)
+        .await;
     assert_eq!(guess.status(), StatusCode::TOO_MANY_REQUESTS);
     let (status, _) = srv.get("/v1/whoami", &srv.admin_key).await;
     assert_eq!(status, StatusCode::OK);
@@ -99,13 +136,24 @@ async fn anonymous_callers_are_limited_per_ip(engine: Engine) {
 
 async fn keys_are_limited_per_key(engine: Engine) {
     let srv = TestServer::start_with(engine, &["--rate-limit-per-key", "2"]).await;
-    let (_, other) = srv.mint(serde_json::json!({"name": "other", "scopes": ["events:write"]})).await;
+    let (_, other) = srv
+        .mint(serde_json::json!({"name": "other", "scopes": ["events:write"]}))
+        .await;
     // The mint above used one of the admin key's two requests.
-    assert_eq!(srv.get("/v1/whoami", &srv.admin_key).await.0, StatusCode::OK);
-    let limited = srv.send(Method::GET, "/v1/whoami", Some(&srv.admin_key), None).await;
+    assert_eq!(
+        srv.get("/v1/whoami", &srv.admin_key).await.0,
+        StatusCode::OK
+    );
+    let limited = srv
+        .send(Method::GET, "/v1/whoami", Some(&srv.admin_key), None)
+        .await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key("retry-after"));
-    assert_eq!(srv.get("/v1/whoami", &other).await.0, StatusCode::OK, "other keys are unaffected");
+    assert_eq!(
+        srv.get("/v1/whoami", &other).await.0,
+        StatusCode::OK,
+        "other keys are unaffected"
+    );
     srv.stop().await;
 }
 
@@ -127,16 +175,27 @@ async fn every_response_carries_a_request_id(engine: Engine) {
 async fn operations_endpoints_report_health_and_metrics(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let (status, health) = srv.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, ready) = srv.call(Method::GET, "/readyz", None, None).await;
-    assert_eq!((status, ready["status"].as_str()), (StatusCode::OK, Some("ready")));
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
 
     srv.get("/v1/whoami", &srv.admin_key).await;
     let metrics = srv.send(Method::GET, "/metrics", None, None).await;
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     let text = metrics.text().await.unwrap();
     assert!(
-        text.contains(r#"switchyard_http_requests_total{method="GET",route="/v1/whoami",status="200"} 1"#),
+        text.contains(
+            r#"switchyard_http_requests_total{method="GET",route="/v1/whoami",status="200"} 1"#
+        ),
         "{text}"
     );
     assert!(text.contains("switchyard_http_request_duration_seconds_bucket"));

@@ -51,7 +51,8 @@ const SCOPES: [&str; 7] = [
 
 #[test]
 fn the_table_covers_every_documented_route() {
-    let document: Value = serde_json::from_str(&switchyard::http::openapi::document_json()).unwrap();
+    let document: Value =
+        serde_json::from_str(&switchyard::http::openapi::document_json()).unwrap();
     let mut documented = Vec::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -59,7 +60,10 @@ fn the_table_covers_every_documented_route() {
         }
     }
     documented.sort();
-    let mut table: Vec<_> = ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    let mut table: Vec<_> = ROUTES
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
     table.sort();
     assert_eq!(documented, table);
 }
@@ -82,15 +86,24 @@ fn expected(needs: Needs, caller: &Caller, method: &str) -> StatusCode {
 
 async fn every_route_answers_every_caller_as_documented(engine: Engine) {
     let srv = TestServer::start(engine).await;
-    let (revoked_id, revoked) = srv.mint(json!({"name": "old", "scopes": ["events:write"]})).await;
-    srv.delete(&format!("/v1/api-keys/{revoked_id}"), &srv.admin_key).await;
+    let (revoked_id, revoked) = srv
+        .mint(json!({"name": "old", "scopes": ["events:write"]}))
+        .await;
+    srv.delete(&format!("/v1/api-keys/{revoked_id}"), &srv.admin_key)
+        .await;
     let (_, partner) = srv
-        .mint(json!({"name": "p", "kind": "partner", "partner_id": "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}))
+        .mint(
+            json!({"name": "p", "kind": "partner", "partner_id": "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}),
+        )
         .await;
 
     let mut callers = vec![
         ("no key".to_owned(), Caller::NoKey, None),
-        ("malformed key".to_owned(), Caller::Malformed, Some("not-a-key".to_owned())),
+        (
+            "malformed key".to_owned(),
+            Caller::Malformed,
+            Some("not-a-key".to_owned()),
+        ),
         (
             "unknown key".to_owned(),
             Caller::Unknown,
@@ -98,7 +111,11 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
         ),
         ("revoked key".to_owned(), Caller::Revoked, Some(revoked)),
         ("partner key".to_owned(), Caller::Partner, Some(partner)),
-        ("admin key".to_owned(), Caller::Admin, Some(srv.admin_key.clone())),
+        (
+            "admin key".to_owned(),
+            Caller::Admin,
+            Some(srv.admin_key.clone()),
+        ),
     ];
     for scope in SCOPES {
         let (_, key) = srv.mint(json!({"name": scope, "scopes": [scope]})).await;
@@ -110,20 +127,31 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
         for (label, caller, key) in &callers {
             // Each DELETE revokes a throwaway key, so an allowed call has something to revoke.
             let path = if path.contains("{id}") {
-                let (victim, _) = srv.mint(json!({"name": "victim", "scopes": ["events:write"]})).await;
+                let (victim, _) = srv
+                    .mint(json!({"name": "victim", "scopes": ["events:write"]}))
+                    .await;
                 path.replace("{id}", &victim)
             } else {
                 path.to_string()
             };
-            let body = (*method == "POST").then(|| json!({"name": "minted", "scopes": ["events:write"]}));
+            let body =
+                (*method == "POST").then(|| json!({"name": "minted", "scopes": ["events:write"]}));
             let method = Method::from_bytes(method.as_bytes()).unwrap();
-            let (status, answer) = srv.call(method.clone(), &path, key.as_deref(), body.as_ref()).await;
+            let (status, answer) = srv
+                .call(method.clone(), &path, key.as_deref(), body.as_ref())
+                .await;
             let want = expected(*needs, caller, method.as_str());
             if status != want {
-                mismatches.push(format!("{method} {path} as {label}: got {status}, want {want}: {answer}"));
+                mismatches.push(format!(
+                    "{method} {path} as {label}: got {status}, want {want}: {answer}"
+                ));
             }
             if status.is_client_error() {
-                assert_eq!(answer["status"], status.as_u16(), "errors are problem documents: {answer}");
+                assert_eq!(
+                    answer["status"],
+                    status.as_u16(),
+                    "errors are problem documents: {answer}"
+                );
             }
         }
     }

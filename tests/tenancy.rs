@@ -17,21 +17,39 @@ async fn a_key_of_one_tenant_cannot_reach_another_through_any_route(engine: Engi
     let (b_tenant, b_admin) = create_tenant(&srv, "beta").await;
     let (b_scoped_id, b_scoped) = {
         let (status, key) = srv
-            .post("/v1/api-keys", &b_admin, json!({"name": "b", "scopes": ["events:write"]}))
+            .post(
+                "/v1/api-keys",
+                &b_admin,
+                json!({"name": "b", "scopes": ["events:write"]}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED);
-        (key["id"].as_str().unwrap().to_owned(), key["key"].as_str().unwrap().to_owned())
+        (
+            key["id"].as_str().unwrap().to_owned(),
+            key["key"].as_str().unwrap().to_owned(),
+        )
     };
 
     let (_, a_keys) = srv.get("/v1/api-keys", &srv.admin_key).await;
-    let a_ids: Vec<_> = a_keys["data"].as_array().unwrap().iter().map(|k| k["id"].clone()).collect();
+    let a_ids: Vec<_> = a_keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].clone())
+        .collect();
     assert_eq!(a_ids.len(), 1, "tenant A sees only its own key: {a_keys}");
 
     let (_, b_keys) = srv.get("/v1/api-keys", &b_admin).await;
     assert_eq!(b_keys["data"].as_array().unwrap().len(), 2);
-    assert!(b_keys["data"].as_array().unwrap().iter().all(|k| !a_ids.contains(&k["id"])));
+    assert!(b_keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| !a_ids.contains(&k["id"])));
 
-    let cross_revoke = srv.delete(&format!("/v1/api-keys/{b_scoped_id}"), &srv.admin_key).await;
+    let cross_revoke = srv
+        .delete(&format!("/v1/api-keys/{b_scoped_id}"), &srv.admin_key)
+        .await;
     assert_problem(&cross_revoke, StatusCode::NOT_FOUND, "not_found");
     let (status, me) = srv.get("/v1/whoami", &b_scoped).await;
     assert_eq!(status, StatusCode::OK, "B's key still works");
@@ -47,13 +65,17 @@ async fn the_tenant_prefix_must_name_the_keys_tenant(engine: Engine) {
     let (status, me) = srv.get("/t/default/v1/whoami", &srv.admin_key).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["tenant_slug"], "default");
-    let (status, page) = srv.get("/t/default/v1/api-keys?limit=1", &srv.admin_key).await;
+    let (status, page) = srv
+        .get("/t/default/v1/api-keys?limit=1", &srv.admin_key)
+        .await;
     assert_eq!(status, StatusCode::OK, "query strings survive the prefix");
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
 
     let unknown = srv.get("/t/nobody/v1/whoami", &srv.admin_key).await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "tenant_not_found");
-    let unauthenticated = srv.call(reqwest::Method::GET, "/t/default/v1/whoami", None, None).await;
+    let unauthenticated = srv
+        .call(reqwest::Method::GET, "/t/default/v1/whoami", None, None)
+        .await;
     assert_problem(&unauthenticated, StatusCode::UNAUTHORIZED, "unauthorized");
     srv.stop().await;
 }
@@ -65,15 +87,23 @@ mod row_level_security {
     use sqlx::Connection as _;
 
     async fn as_app_role(srv: &TestServer) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(srv.db.app_url.as_deref().unwrap()).await.unwrap()
+        sqlx::PgConnection::connect(srv.db.app_url.as_deref().unwrap())
+            .await
+            .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(switchyard_pg_tests), ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL")]
+    #[cfg_attr(
+        not(switchyard_pg_tests),
+        ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL"
+    )]
     async fn with_no_tenant_set_a_query_sees_no_rows() {
         let srv = TestServer::start(Engine::Postgres).await;
         let mut conn = as_app_role(&srv).await;
-        let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_keys").fetch_one(&mut conn).await.unwrap();
+        let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(visible, 0);
 
         let mut tx = conn.begin().await.unwrap();
@@ -82,14 +112,20 @@ mod row_level_security {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_keys").fetch_one(&mut *tx).await.unwrap();
+        let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
         assert_eq!(visible, 1, "the tenant's own first admin key");
         tx.rollback().await.unwrap();
         srv.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(switchyard_pg_tests), ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL")]
+    #[cfg_attr(
+        not(switchyard_pg_tests),
+        ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL"
+    )]
     async fn a_cross_tenant_insert_is_rejected() {
         let srv = TestServer::start_with(Engine::Postgres, &["--tenancy", "multi"]).await;
         let (other_tenant, _) = create_tenant(&srv, "other").await;
@@ -113,7 +149,10 @@ mod row_level_security {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(switchyard_pg_tests), ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL")]
+    #[cfg_attr(
+        not(switchyard_pg_tests),
+        ignore = "row-level security is PostgreSQL's: set SWITCHYARD_TEST_DATABASE_URL"
+    )]
     async fn a_forgotten_tenant_filter_still_sees_one_tenant() {
         let srv = TestServer::start_with(Engine::Postgres, &["--tenancy", "multi"]).await;
         create_tenant(&srv, "other").await;

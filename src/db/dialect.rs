@@ -73,10 +73,22 @@ mod tests {
 
     #[test]
     fn recognises_engines_by_scheme() {
-        assert_eq!(Dialect::from_url("sqlite:switchyard.db").unwrap(), Dialect::Sqlite);
-        assert_eq!(Dialect::from_url("sqlite://x.db?mode=rwc").unwrap(), Dialect::Sqlite);
-        assert_eq!(Dialect::from_url("postgres://h/db").unwrap(), Dialect::Postgres);
-        assert_eq!(Dialect::from_url("postgresql://h/db").unwrap(), Dialect::Postgres);
+        assert_eq!(
+            Dialect::from_url("sqlite:switchyard.db").unwrap(),
+            Dialect::Sqlite
+        );
+        assert_eq!(
+            Dialect::from_url("sqlite://x.db?mode=rwc").unwrap(),
+            Dialect::Sqlite
+        );
+        assert_eq!(
+            Dialect::from_url("postgres://h/db").unwrap(),
+            Dialect::Postgres
+        );
+        assert_eq!(
+            Dialect::from_url("postgresql://h/db").unwrap(),
+            Dialect::Postgres
+        );
         assert!(Dialect::from_url("mysql://h/db").is_err());
     }
 }

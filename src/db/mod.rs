@@ -81,7 +81,9 @@ impl Db {
         let role = quote_ident(role);
         for statement in [
             format!("GRANT USAGE ON SCHEMA public TO {role}"),
-            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+            format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            ),
             format!("REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM {role}"),
         ] {
             sqlx::query(&statement).execute(&self.pool).await?;

@@ -109,7 +109,12 @@ impl Error {
 }
 
 /// Builds a problem response; also used by the fallbacks and the panic handler.
-pub fn problem(status: StatusCode, code: &str, detail: Option<String>, errors: Vec<FieldError>) -> Response {
+pub fn problem(
+    status: StatusCode,
+    code: &str,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+) -> Response {
     let body = Problem {
         type_: format!("urn:switchyard:problem:{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),

@@ -93,7 +93,11 @@ mod tests {
     #[test]
     fn a_cursor_round_trips_and_garbage_is_refused() {
         let page = Page::new(Some(2), None).unwrap();
-        let rows = vec![(30, "c".to_owned()), (20, "b".to_owned()), (10, "a".to_owned())];
+        let rows = vec![
+            (30, "c".to_owned()),
+            (20, "b".to_owned()),
+            (10, "a".to_owned()),
+        ];
         let list = page.finish(rows, |r| (r.0, &r.1));
         assert_eq!(list.data.len(), 2);
         let next = Page::new(Some(2), list.next_cursor.as_deref()).unwrap();

@@ -59,7 +59,11 @@ impl RateLimits {
 
 /// Middleware: requests without an API key are limited by client IP. Requests with one are
 /// limited by key once the key is verified (see the `Principal` extractor), and by IP if it is not.
-pub async fn limit_anonymous(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn limit_anonymous(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !request.headers().contains_key(AUTHORIZATION) {
         if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
             if let Err(limited) = state.limits.check_ip(addr.ip()) {

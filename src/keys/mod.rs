@@ -76,7 +76,11 @@ impl Scope {
     }
 
     fn join(scopes: &[Scope]) -> String {
-        scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn split(stored: &str) -> Vec<Scope> {
@@ -173,9 +177,17 @@ pub enum KeyError {
 }
 
 /// Validates `new` (scopes only on scoped keys, a partner only on partner keys) and mints it.
-pub async fn issue(tx: &mut Tx, clock: &Clock, tenant_id: &str, new: NewKey) -> Result<IssuedKey, KeyError> {
+pub async fn issue(
+    tx: &mut Tx,
+    clock: &Clock,
+    tenant_id: &str,
+    new: NewKey,
+) -> Result<IssuedKey, KeyError> {
     if new.kind != KeyKind::Scoped && !new.scopes.is_empty() {
-        return Err(invalid("scopes", "only scoped keys take scopes: admin keys hold all, partner keys none"));
+        return Err(invalid(
+            "scopes",
+            "only scoped keys take scopes: admin keys hold all, partner keys none",
+        ));
     }
     let scopes = match new.kind {
         KeyKind::Admin => Scope::ALL.to_vec(),
@@ -186,12 +198,17 @@ pub async fn issue(tx: &mut Tx, clock: &Clock, tenant_id: &str, new: NewKey) -> 
         KeyKind::Partner => Vec::new(),
     };
     match (new.kind, &new.partner_id) {
-        (KeyKind::Partner, None) => return Err(invalid("partner_id", "a partner key needs partner_id")),
+        (KeyKind::Partner, None) => {
+            return Err(invalid("partner_id", "a partner key needs partner_id"))
+        }
         (KeyKind::Partner, Some(id)) if !ids::is_valid("ptr", id) => {
             return Err(invalid("partner_id", "must look like ptr_<ULID>"))
         }
         (KeyKind::Admin | KeyKind::Scoped, Some(_)) => {
-            return Err(invalid("partner_id", "only partner keys are bound to a partner"))
+            return Err(invalid(
+                "partner_id",
+                "only partner keys are bound to a partner",
+            ))
         }
         _ => {}
     }
@@ -242,7 +259,11 @@ pub enum Rejected {
 /// Checks a presented key. Looks the key up by its public prefix (on PostgreSQL the RLS policy
 /// lets this transaction see that one row), compares hashes in constant time, and refreshes
 /// `last_used_at` when it is older than a minute.
-pub async fn authenticate(db: &Db, clock: &Clock, presented: &str) -> Result<Result<Principal, Rejected>, sqlx::Error> {
+pub async fn authenticate(
+    db: &Db,
+    clock: &Clock,
+    presented: &str,
+) -> Result<Result<Principal, Rejected>, sqlx::Error> {
     let Some(prefix) = parse_prefix(presented) else {
         return Ok(Err(Rejected::Unknown));
     };
@@ -262,8 +283,12 @@ pub async fn authenticate(db: &Db, clock: &Clock, presented: &str) -> Result<Res
         return Ok(Err(Rejected::Revoked));
     }
     let now = clock.now_ms();
-    if key.last_used_at.is_none_or(|at| now - at >= TOUCH_INTERVAL_MS) {
-        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id).await?;
+    if key
+        .last_used_at
+        .is_none_or(|at| now - at >= TOUCH_INTERVAL_MS)
+    {
+        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id)
+            .await?;
         store::touch(&mut tx, &key.id, now).await?;
     }
     tx.commit().await?;
@@ -333,7 +358,11 @@ mod tests {
     #[test]
     fn duplicate_scopes_collapse() {
         assert_eq!(
-            dedup(vec![Scope::EventsWrite, Scope::EventsWrite, Scope::PartnersRead]),
+            dedup(vec![
+                Scope::EventsWrite,
+                Scope::EventsWrite,
+                Scope::PartnersRead
+            ]),
             vec![Scope::EventsWrite, Scope::PartnersRead]
         );
     }

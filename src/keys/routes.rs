@@ -109,7 +109,10 @@ fn validate(body: CreateKey) -> Result<NewKey> {
         Some(kind) => KeyKind::parse(kind),
     };
     if kind.is_none() {
-        errors.push(FieldError::new("kind", "must be one of admin, scoped, partner"));
+        errors.push(FieldError::new(
+            "kind",
+            "must be one of admin, scoped, partner",
+        ));
     }
     let mut scopes = Vec::new();
     for scope in &body.scopes {

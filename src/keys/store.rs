@@ -43,7 +43,10 @@ pub(super) async fn insert(tx: &mut Tx, key: &StoredKey) -> sqlx::Result<()> {
 }
 
 /// The key with this public prefix and its tenant's slug.
-pub(super) async fn find_by_prefix(tx: &mut Tx, prefix: &str) -> sqlx::Result<Option<(StoredKey, String)>> {
+pub(super) async fn find_by_prefix(
+    tx: &mut Tx,
+    prefix: &str,
+) -> sqlx::Result<Option<(StoredKey, String)>> {
     let sql = format!(
         "SELECT k.{}, t.slug AS tenant_slug FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.prefix = $1",
@@ -74,7 +77,12 @@ pub(super) async fn touch(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<()> {
 
 /// One page of a tenant's keys, newest first; with `scope`, only keys that hold it (admin keys
 /// hold every scope).
-pub async fn list(tx: &mut Tx, tenant_id: &str, scope: Option<Scope>, page: &Page) -> sqlx::Result<Vec<StoredKey>> {
+pub async fn list(
+    tx: &mut Tx,
+    tenant_id: &str,
+    scope: Option<Scope>,
+    page: &Page,
+) -> sqlx::Result<Vec<StoredKey>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM api_keys
          WHERE tenant_id = $1

@@ -16,9 +16,27 @@ pub const DEFAULT_SLUG: &str = "default";
 
 /// Slugs a tenant cannot take: they name parts of the product or would confuse people.
 const RESERVED_SLUGS: &[&str] = &[
-    "admin", "api", "app", "assets", "auth", "dashboard", "default", "docs", "healthz", "help",
-    "login", "metrics", "openapi", "readyz", "root", "static", "status", "support", "switchyard",
-    "system", "www",
+    "admin",
+    "api",
+    "app",
+    "assets",
+    "auth",
+    "dashboard",
+    "default",
+    "docs",
+    "healthz",
+    "help",
+    "login",
+    "metrics",
+    "openapi",
+    "readyz",
+    "root",
+    "static",
+    "status",
+    "support",
+    "switchyard",
+    "system",
+    "www",
 ];
 
 #[derive(Clone, Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -55,7 +73,12 @@ pub fn validate_slug(slug: &str) -> Result<(), TenantError> {
 }
 
 /// Creates a tenant with a validated slug.
-pub async fn create(tx: &mut Tx, clock: &Clock, slug: &str, name: &str) -> Result<Tenant, TenantError> {
+pub async fn create(
+    tx: &mut Tx,
+    clock: &Clock,
+    slug: &str,
+    name: &str,
+) -> Result<Tenant, TenantError> {
     validate_slug(slug)?;
     let tenant = Tenant {
         id: ids::new("ten"),
@@ -117,10 +140,26 @@ mod tests {
         for ok in ["acme", "a-1", "abc", "x23456789012345678901234567890"] {
             assert!(validate_slug(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "Acme", "acme_co", "acme.co", "", "x234567890123456789012345678901"] {
-            assert!(matches!(validate_slug(bad), Err(TenantError::InvalidSlug)), "{bad}");
+        for bad in [
+            "ab",
+            "Acme",
+            "acme_co",
+            "acme.co",
+            "",
+            "x234567890123456789012345678901",
+        ] {
+            assert!(
+                matches!(validate_slug(bad), Err(TenantError::InvalidSlug)),
+                "{bad}"
+            );
         }
-        assert!(matches!(validate_slug("admin"), Err(TenantError::ReservedSlug(_))));
-        assert!(matches!(validate_slug("default"), Err(TenantError::ReservedSlug(_))));
+        assert!(matches!(
+            validate_slug("admin"),
+            Err(TenantError::ReservedSlug(_))
+        ));
+        assert!(matches!(
+            validate_slug("default"),
+            Err(TenantError::ReservedSlug(_))
+        ));
     }
 }

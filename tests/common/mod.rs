@@ -94,7 +94,9 @@ impl TestDb {
                 use sqlx::Connection as _;
                 let server = server_url();
                 let name = format!("sy_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-                let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to PostgreSQL");
+                let mut admin = sqlx::PgConnection::connect(&server)
+                    .await
+                    .expect("connect to PostgreSQL");
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
@@ -128,7 +130,10 @@ impl TestDb {
     pub fn config(&self, extra: &[&str]) -> Config {
         let mut options = vec![
             ("--database-url", self.url.clone()),
-            ("--secrets-key", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned()),
+            (
+                "--secrets-key",
+                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned(),
+            ),
             ("--rate-limit-per-key", "10000".to_owned()),
             ("--rate-limit-per-ip", "10000".to_owned()),
             ("--listen", "127.0.0.1:0".to_owned()),
@@ -220,7 +225,13 @@ impl TestServer {
     }
 
     /// Sends a request and returns the raw response.
-    pub async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> reqwest::Response {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
         let mut request = self.client.request(method, self.url(path));
         if let Some(key) = key {
             request = request.bearer_auth(key);
@@ -232,7 +243,13 @@ impl TestServer {
     }
 
     /// Sends a request; returns the status and the JSON body (`Null` when there is none).
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let response = self.send(method, path, key, body).await;
         let status = response.status();
         let text = response.text().await.unwrap();
@@ -289,7 +306,9 @@ pub async fn create_tenant(srv: &TestServer, slug: &str) -> (String, String) {
     use switchyard::{db::Db, keys, tenants};
     let db = Db::connect(&srv.db.url, 1).await.unwrap();
     let mut tx = db.write_global().await.unwrap();
-    let tenant = tenants::create(&mut tx, &srv.clock, slug, slug).await.unwrap();
+    let tenant = tenants::create(&mut tx, &srv.clock, slug, slug)
+        .await
+        .unwrap();
     db.set_local(&mut tx, switchyard::db::TENANT_SETTING, &tenant.id)
         .await
         .unwrap();
@@ -299,7 +318,9 @@ pub async fn create_tenant(srv: &TestServer, slug: &str) -> (String, String) {
         scopes: Vec::new(),
         partner_id: None,
     };
-    let issued = keys::issue(&mut tx, &srv.clock, &tenant.id, new).await.unwrap();
+    let issued = keys::issue(&mut tx, &srv.clock, &tenant.id, new)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     db.close().await;
     (tenant.id, issued.plaintext)

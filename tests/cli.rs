@@ -1,0 +1,259 @@
+//! The `switchyard` binary: first start, key and tenant commands, configuration, shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Engine, TestDb, TestServer};
+use reqwest::StatusCode;
+
+const SECRETS_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+on_both_engines!(
+    first_start_prints_a_working_admin_key_once_and_sigterm_stops_cleanly,
+    keys_commands_mint_list_and_revoke,
+    tenants_are_created_only_in_multi_mode,
+);
+
+/// The binary with a clean environment pointed at `db`.
+fn switchyard(db: &TestDb) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("SWITCHYARD_SECRETS_KEY", SECRETS_KEY)
+        .env("SWITCHYARD_LOG", "warn");
+    if let Some(app_url) = &db.app_url {
+        command.env("DATABASE_URL_APP", app_url);
+    }
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
+            if response.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} never became ready");
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+fn key_in(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .map(|word| word.trim_matches(|c: char| c == '\''))
+        .find(|word| word.starts_with("sy_") && word.len() == 3 + 12 + 1 + 32)
+        .map(str::to_owned)
+}
+
+async fn first_start_prints_a_working_admin_key_once_and_sigterm_stops_cleanly(engine: Engine) {
+    let db = TestDb::create(engine).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = switchyard(&db)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let curl_line = loop {
+        let line = lines
+            .next()
+            .expect("serve prints the first-start notice")
+            .unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.trim_start().starts_with("curl ") {
+            break line;
+        }
+    };
+    let key = key_in(&printed).expect("the key is printed");
+    assert!(
+        curl_line.contains(&format!("Authorization: Bearer {key}")),
+        "{curl_line}"
+    );
+    let url = curl_line.split_whitespace().last().unwrap();
+    assert_eq!(url, format!("{base}/v1/whoami"));
+    wait_ready(&base).await;
+    let me = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK, "the printed curl line works");
+    let status = terminate(&mut child);
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+
+    let mut again = switchyard(&db)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&base).await;
+    assert!(terminate(&mut again).success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut again.stdout.take().unwrap(), &mut rest).unwrap();
+    assert!(
+        key_in(&rest).is_none(),
+        "the key is never printed again: {rest}"
+    );
+}
+
+async fn keys_commands_mint_list_and_revoke(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let created = run(switchyard(&srv.db).args([
+        "keys",
+        "create",
+        "--name",
+        "HubSpot",
+        "--scope",
+        "events:write",
+    ]));
+    assert!(created.status.success(), "{created:?}");
+    let key = key_in(&stdout(&created)).expect("the new key is printed");
+    let id = stdout(&created)
+        .lines()
+        .find_map(|l| l.strip_prefix("id:").map(|id| id.trim().to_owned()))
+        .unwrap();
+    let (status, me) = srv.get("/v1/whoami", &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["scopes"], serde_json::json!(["events:write"]));
+
+    let listed = stdout(&run(switchyard(&srv.db).args(["keys", "list"])));
+    assert!(
+        listed.contains(&id) && listed.contains("HubSpot"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key[16..]), "lists never show secrets");
+
+    let revoked = run(switchyard(&srv.db).args(["keys", "revoke", &id]));
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert_eq!(
+        srv.get("/v1/whoami", &key).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let bad_scope =
+        run(switchyard(&srv.db).args(["keys", "create", "--name", "x", "--scope", "root"]));
+    assert!(!bad_scope.status.success());
+    assert!(String::from_utf8_lossy(&bad_scope.stderr).contains("unknown scope"));
+    let no_tenant = run(switchyard(&srv.db).args(["keys", "list", "--tenant", "nope"]));
+    assert!(String::from_utf8_lossy(&no_tenant.stderr).contains("no tenant"));
+    srv.stop().await;
+}
+
+async fn tenants_are_created_only_in_multi_mode(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--tenancy", "multi"]).await;
+    let single = run(switchyard(&srv.db).args(["tenants", "create", "--slug", "acme"]));
+    assert!(!single.status.success());
+    assert!(String::from_utf8_lossy(&single.stderr).contains("SWITCHYARD_TENANCY=multi"));
+
+    let created = run(switchyard(&srv.db).args([
+        "--tenancy",
+        "multi",
+        "tenants",
+        "create",
+        "--slug",
+        "acme",
+    ]));
+    assert!(created.status.success(), "{created:?}");
+    let key = key_in(&stdout(&created)).unwrap();
+    let (status, me) = srv.get("/t/acme/v1/whoami", &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (me["tenant_slug"].as_str(), me["kind"].as_str()),
+        (Some("acme"), Some("admin"))
+    );
+
+    for (slug, message) in [
+        ("acme", "already exists"),
+        ("admin", "reserved"),
+        ("Acme!", "3 to 30"),
+    ] {
+        let refused = run(switchyard(&srv.db).args([
+            "--tenancy",
+            "multi",
+            "tenants",
+            "create",
+            "--slug",
+            slug,
+        ]));
+        assert!(!refused.status.success(), "{slug}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(message), "{slug}: {stderr}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchyard_pg_tests),
+    ignore = "PostgreSQL-mode start-up: set SWITCHYARD_TEST_DATABASE_URL"
+)]
+async fn postgres_mode_refuses_to_start_without_a_secrets_key() {
+    let db = TestDb::create(Engine::Postgres).await;
+    let output = run(switchyard(&db)
+        .env_remove("SWITCHYARD_SECRETS_KEY")
+        .arg("serve"));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SWITCHYARD_SECRETS_KEY is required"));
+}
+
+#[test]
+fn help_and_readme_document_the_same_settings() {
+    let help = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let variables = |text: &str| {
+        let mut found: Vec<String> = text
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .filter(|w| {
+                (w.starts_with("SWITCHYARD_") && w.len() > 11) || w.starts_with("DATABASE_URL")
+            })
+            .filter(|w| !w.starts_with("SWITCHYARD_TEST_"))
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    };
+    assert!(!variables(&help).is_empty());
+    assert_eq!(variables(&help), variables(&readme));
+}
