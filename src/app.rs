@@ -24,10 +24,13 @@ use crate::keys::{self, IssuedKey, KeyKind, NewKey};
 use crate::secrets::{self, SecretBox};
 use crate::tenants::{self, Tenant};
 
+use job_queue::{Queue, Worker, WorkerOptions};
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub queue: Queue,
     pub clock: Clock,
     pub secrets: SecretBox,
     pub config: Arc<Config>,
@@ -114,6 +117,7 @@ pub struct Running {
     pub state: AppState,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    worker: JoinHandle<Result<(), job_queue::Error>>,
 }
 
 /// Prepares storage and starts serving on `listener`.
@@ -132,7 +136,16 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         config.rate_limit_per_key,
         config.rate_limit_per_ip,
     ));
+    let queue = Queue::new(
+        db.pool().clone(),
+        db.dialect().queue_engine(),
+        Arc::new({
+            let clock = clock.clone();
+            move || clock.now_ms()
+        }),
+    );
     let state = AppState {
+        queue: queue.clone(),
         db,
         clock,
         secrets,
@@ -156,6 +169,16 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         }
     });
 
+    // The worker has no job kinds of its own yet; it reaps expired leases and purges done jobs.
+    let worker_options = WorkerOptions {
+        shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
+        ..WorkerOptions::default()
+    };
+    let mut worker_stopped = stopped.clone();
+    let worker = tokio::spawn(Worker::new(queue, worker_options).run(async move {
+        let _ = worker_stopped.changed().await;
+    }));
+
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -173,12 +196,13 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         state,
         stop,
         server,
+        worker,
     })
 }
 
 impl Running {
-    /// Stops accepting connections, lets in-flight requests finish within the configured
-    /// deadline, then closes the database pool.
+    /// Stops accepting connections and claiming jobs, lets in-flight requests and jobs finish
+    /// within the configured deadline (unfinished jobs are released), then closes the pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let deadline = Duration::from_secs(self.state.config.shutdown_timeout_secs);
@@ -192,6 +216,11 @@ impl Running {
                 );
                 abort.abort();
             }
+        }
+        match self.worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "the job worker stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "the job worker panicked"),
         }
         self.state.db.close().await;
         tracing::info!("switchyard stopped");

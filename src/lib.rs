@@ -13,5 +13,6 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod queue;
 pub mod secrets;
 pub mod tenants;

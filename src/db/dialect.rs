@@ -57,6 +57,14 @@ impl Dialect {
         }
     }
 
+    /// The job queue's name for this engine.
+    pub fn queue_engine(self) -> job_queue::Engine {
+        match self {
+            Self::Sqlite => job_queue::Engine::Sqlite,
+            Self::Postgres => job_queue::Engine::Postgres,
+        }
+    }
+
     /// SQL that sets a per-transaction session value the RLS policies read, or `None` where the
     /// engine has no RLS (SQLite relies on the `tenant_id` filter every query carries).
     pub(crate) fn set_local(self) -> Option<&'static str> {

@@ -9,6 +9,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::app::AppState;
+use crate::config::Tenancy;
+use crate::tenants;
 use crate::keys::{self, KeyKind, Principal, Rejected, Scope};
 
 use super::error::{Error, Result};
@@ -33,6 +35,17 @@ impl Principal {
             Ok(())
         } else {
             Err(Error::ForbiddenScope("admin"))
+        }
+    }
+
+    /// Fails with 403 `forbidden_scope` unless this key may operate the whole hub: an admin key
+    /// of the default tenant (in single-tenant mode every admin key is one).
+    pub fn require_operator(&self, tenancy: Tenancy) -> Result<()> {
+        self.require_admin()?;
+        if tenancy == Tenancy::Single || self.tenant_slug == tenants::DEFAULT_SLUG {
+            Ok(())
+        } else {
+            Err(Error::ForbiddenScope("operator"))
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::app::AppState;
     security(("bearer" = [])),
     tags(
         (name = "keys", description = "Who am I, and API keys"),
-        (name = "operations", description = "Health, readiness and metrics (no key needed)"),
+        (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
 )]
 struct ApiDoc;
@@ -52,6 +52,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::keys::routes::router())
         .merge(super::ops::router())
+        .merge(crate::queue::router())
 }
 
 /// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.

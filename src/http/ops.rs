@@ -1,6 +1,7 @@
 //! Operational endpoints: liveness, readiness, Prometheus metrics, and the request metrics
 //! middleware that feeds them.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -57,6 +59,8 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;
+    state.metrics.observe_queue(&stats);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.metrics.registry)
         .map_err(|e| Error::Internal(anyhow::anyhow!("encoding metrics: {e}")))?;
@@ -86,11 +90,26 @@ struct RouteLabels {
 
 type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    queue: String,
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    queue: String,
+    kind: String,
+}
+
 /// The server's metric registry.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: DurationFamily,
+    jobs: Family<JobLabels, Gauge>,
+    oldest_due: Family<KindLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -109,10 +128,50 @@ impl Default for Metrics {
             "Time to answer HTTP requests, by method and route template",
             durations.clone(),
         );
+        let jobs = Family::<JobLabels, Gauge>::default();
+        let oldest_due = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("jobs", "Jobs in the queue, by queue, kind and state", jobs.clone());
+        registry.register(
+            "jobs_oldest_due_age_seconds",
+            "How long the oldest due, unclaimed job of a kind has waited",
+            oldest_due.clone(),
+        );
         Self {
             registry,
             requests,
             durations,
+            jobs,
+            oldest_due,
+        }
+    }
+}
+
+impl Metrics {
+    /// Refreshes the queue gauges from fresh counts (called at scrape time).
+    fn observe_queue(&self, stats: &job_queue::Stats) {
+        self.jobs.clear();
+        self.oldest_due.clear();
+        for kind in &stats.kinds {
+            for (state, count) in [
+                ("available", kind.available),
+                ("running", kind.running),
+                ("done", kind.done),
+                ("dead", kind.dead),
+            ] {
+                let labels = JobLabels {
+                    queue: kind.queue.clone(),
+                    kind: kind.kind.clone(),
+                    state: state.to_owned(),
+                };
+                self.jobs.get_or_create(&labels).set(count);
+            }
+            let labels = KindLabels {
+                queue: kind.queue.clone(),
+                kind: kind.kind.clone(),
+            };
+            self.oldest_due
+                .get_or_create(&labels)
+                .set(kind.oldest_available_age_ms as f64 / 1000.0);
         }
     }
 }

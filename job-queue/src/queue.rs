@@ -1,0 +1,369 @@
+//! The `jobs` table: enqueue, claim, the fenced outcomes, reaping, purging, replay and stats.
+
+use std::time::Duration;
+
+use sqlx::{Any, AnyPool, Transaction};
+
+use crate::{Engine, Error, Now};
+
+/// A job to enqueue.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// When the job may run first (Unix ms); `None` means now.
+    pub run_at: Option<i64>,
+    pub max_attempts: u32,
+    /// A second enqueue with the same key on the same queue is a no-op returning the first job.
+    pub dedupe_key: Option<String>,
+    /// Higher runs first among jobs that are due.
+    pub priority: i32,
+}
+
+impl NewJob {
+    /// A job on the `default` queue with 25 attempts, due now.
+    pub fn new(kind: &str, payload: serde_json::Value) -> Self {
+        Self {
+            queue: "default".to_owned(),
+            kind: kind.to_owned(),
+            payload,
+            run_at: None,
+            max_attempts: 25,
+            dedupe_key: None,
+            priority: 0,
+        }
+    }
+
+    pub fn on_queue(mut self, queue: &str) -> Self {
+        self.queue = queue.to_owned();
+        self
+    }
+
+    pub fn run_at(mut self, at_ms: i64) -> Self {
+        self.run_at = Some(at_ms);
+        self
+    }
+
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+/// The result of an enqueue: the job's id, and whether an existing job was returned instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    pub duplicate: bool,
+}
+
+/// A claimed job as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Claimed {
+    pub id: String,
+    pub kind: String,
+    pub payload: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_until: i64,
+}
+
+/// Counts for one kind of job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindStats {
+    pub queue: String,
+    pub kind: String,
+    pub available: i64,
+    pub running: i64,
+    pub done: i64,
+    pub dead: i64,
+    /// Age in ms of the oldest job that is due and not yet claimed (0 when none waits).
+    pub oldest_available_age_ms: i64,
+}
+
+/// Counts for every kind of job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub kinds: Vec<KindStats>,
+}
+
+impl Stats {
+    pub fn dead(&self) -> i64 {
+        self.kinds.iter().map(|k| k.dead).sum()
+    }
+}
+
+/// A handle on the jobs table.
+#[derive(Clone)]
+pub struct Queue {
+    pool: AnyPool,
+    engine: Engine,
+    now: Now,
+}
+
+const CLAIMED_COLUMNS: &str = "id, kind, payload, attempt, max_attempts, lease_until";
+
+impl Queue {
+    pub fn new(pool: AnyPool, engine: Engine, now: Now) -> Self {
+        Self { pool, engine, now }
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.now)()
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Enqueues `job` in the caller's transaction: it exists if and only if that commits.
+    pub async fn enqueue_in(&self, tx: &mut Transaction<'static, Any>, job: NewJob) -> Result<Enqueued, Error> {
+        let now = self.now();
+        let id = format!("job_{}", ulid::Ulid::new());
+        let inserted: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts,
+                               run_at, dedupe_key, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'available', $5, 0, $6, $7, $8, $9, $9)
+             ON CONFLICT (queue, dedupe_key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&id)
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(job.payload.to_string())
+        .bind(i64::from(job.priority))
+        .bind(i64::from(job.max_attempts.max(1)))
+        .bind(job.run_at.unwrap_or(now))
+        .bind(&job.dedupe_key)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((id,)) = inserted {
+            return Ok(Enqueued { id, duplicate: false });
+        }
+        let (existing,): (String,) =
+            sqlx::query_as("SELECT id FROM jobs WHERE queue = $1 AND dedupe_key = $2")
+                .bind(&job.queue)
+                .bind(&job.dedupe_key)
+                .fetch_one(&mut **tx)
+                .await?;
+        Ok(Enqueued {
+            id: existing,
+            duplicate: true,
+        })
+    }
+
+    /// Enqueues `job` in a transaction of its own.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, Error> {
+        let mut tx = self.begin_write().await?;
+        let enqueued = self.enqueue_in(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(enqueued)
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Claims up to `limit` due jobs of `kind`, leasing them for `lease` under a fresh token.
+    pub(crate) async fn claim(&self, queue: &str, kind: &str, limit: usize, lease: Duration, token: &str) -> Result<Vec<Claimed>, Error> {
+        let now = self.now();
+        // SQLite serialises writers, so the sub-select cannot hand one job to two claimers;
+        // PostgreSQL skips rows another claimer has locked instead of waiting for them.
+        let lock = match self.engine {
+            Engine::Sqlite => "",
+            Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_until = $1,
+                             lease_token = $2, updated_at = $3
+             WHERE id IN (SELECT id FROM jobs
+                          WHERE queue = $4 AND kind = $5 AND state = 'available' AND run_at <= $3
+                          ORDER BY priority DESC, run_at, id
+                          LIMIT $6 {lock})
+             RETURNING {CLAIMED_COLUMNS}"
+        );
+        let claimed = sqlx::query_as(&sql)
+            .bind(now + lease.as_millis() as i64)
+            .bind(token)
+            .bind(now)
+            .bind(queue)
+            .bind(kind)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(claimed)
+    }
+
+    /// Marks a job done, if `token` still holds its lease. Returns false when fenced off.
+    pub(crate) async fn complete(&self, id: &str, token: &str) -> Result<bool, Error> {
+        let now = self.now();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'done', finished_at = $1, updated_at = $1,
+                             lease_until = NULL, lease_token = NULL, last_error = NULL
+             WHERE id = $2 AND lease_token = $3 AND state = 'running'",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Schedules the next attempt `delay` from now, or buries the job when its attempts are
+    /// spent (or `dead` is set). Fenced by `token`.
+    pub(crate) async fn retry_or_bury(&self, id: &str, token: &str, delay: Duration, error: &str, dead: bool) -> Result<bool, Error> {
+        let now = self.now();
+        let updated = sqlx::query(
+            "UPDATE jobs SET
+                 state = CASE WHEN $1 = 1 OR attempt >= max_attempts THEN 'dead' ELSE 'available' END,
+                 finished_at = CASE WHEN $1 = 1 OR attempt >= max_attempts THEN $2 ELSE NULL END,
+                 run_at = $3, last_error = $4, updated_at = $2,
+                 lease_until = NULL, lease_token = NULL
+             WHERE id = $5 AND lease_token = $6 AND state = 'running'",
+        )
+        .bind(i64::from(dead))
+        .bind(now)
+        .bind(now + delay.as_millis() as i64)
+        .bind(truncate(error))
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Gives a job back unfinished (shutdown): available now, and the attempt does not count.
+    pub(crate) async fn release(&self, id: &str, token: &str) -> Result<bool, Error> {
+        let now = self.now();
+        let released = sqlx::query(
+            "UPDATE jobs SET state = 'available', attempt = attempt - 1, run_at = $1, updated_at = $1,
+                             lease_until = NULL, lease_token = NULL
+             WHERE id = $2 AND lease_token = $3 AND state = 'running'",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected() == 1)
+    }
+
+    /// Extends a held lease to `lease` from now. Returns false when the lease was lost.
+    pub(crate) async fn extend(&self, id: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+        let now = self.now();
+        let extended = sqlx::query(
+            "UPDATE jobs SET lease_until = $1, updated_at = $2
+             WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+        )
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(extended.rows_affected() == 1)
+    }
+
+    /// Returns jobs whose lease expired to `available` (or `dead` when their attempts are
+    /// spent). Their late finishers are fenced off by the cleared token. Returns how many.
+    pub async fn reap(&self) -> Result<u64, Error> {
+        let now = self.now();
+        let reaped = sqlx::query(
+            "UPDATE jobs SET
+                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END,
+                 finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+                 last_error = 'lease expired: the worker stopped or stalled',
+                 lease_until = NULL, lease_token = NULL, updated_at = $1
+             WHERE state = 'running' AND lease_until < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(reaped.rows_affected())
+    }
+
+    /// Deletes done jobs finished more than `retention` ago. Dead jobs are kept.
+    pub async fn purge(&self, retention: Duration) -> Result<u64, Error> {
+        let cutoff = self.now() - retention.as_millis() as i64;
+        let purged = sqlx::query("DELETE FROM jobs WHERE state = 'done' AND finished_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(purged.rows_affected())
+    }
+
+    /// Puts a dead job back to work with a fresh set of attempts. Returns false unless the job
+    /// exists and is dead.
+    pub async fn replay(&self, id: &str) -> Result<bool, Error> {
+        let now = self.now();
+        let replayed = sqlx::query(
+            "UPDATE jobs SET state = 'available', attempt = 0, run_at = $1, updated_at = $1,
+                             finished_at = NULL
+             WHERE id = $2 AND state = 'dead'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(replayed.rows_affected() == 1)
+    }
+
+    /// Counts by queue, kind and state, and the age of the oldest due job per kind.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        let now = self.now();
+        let rows: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT queue, kind, state, COUNT(*),
+                    MIN(CASE WHEN state = 'available' AND run_at <= $1 THEN run_at END)
+             FROM jobs GROUP BY queue, kind, state ORDER BY queue, kind",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut kinds: Vec<KindStats> = Vec::new();
+        for (queue, kind, state, count, oldest_due) in rows {
+            if !kinds.last().is_some_and(|k| k.queue == queue && k.kind == kind) {
+                kinds.push(KindStats {
+                    queue,
+                    kind,
+                    ..KindStats::default()
+                });
+            }
+            let entry = kinds.last_mut().expect("pushed above");
+            match state.as_str() {
+                "available" => entry.available = count,
+                "running" => entry.running = count,
+                "done" => entry.done = count,
+                _ => entry.dead = count,
+            }
+            if let Some(oldest) = oldest_due {
+                entry.oldest_available_age_ms = now - oldest;
+            }
+        }
+        Ok(Stats { kinds })
+    }
+}
+
+/// Errors are stored for operators, not archived: 2 KiB is plenty.
+fn truncate(error: &str) -> &str {
+    let mut end = error.len().min(2048);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
+}

@@ -1,0 +1,28 @@
+-- The durable job queue (crate job-queue). Not tenant data: payloads carry what they need.
+
+CREATE TABLE jobs (
+    id            TEXT PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    payload       TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('available', 'running', 'done', 'dead')),
+    priority      BIGINT NOT NULL,
+    attempt       BIGINT NOT NULL,
+    max_attempts  BIGINT NOT NULL,
+    run_at        BIGINT NOT NULL,
+    lease_until   BIGINT,
+    lease_token   TEXT,
+    last_error    TEXT,
+    dedupe_key    TEXT,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL,
+    finished_at   BIGINT
+);
+
+-- One job per (queue, dedupe_key); jobs without a key never conflict (NULLs are distinct).
+CREATE UNIQUE INDEX jobs_dedupe ON jobs (queue, dedupe_key);
+-- The claim: due jobs of a kind, highest priority first, oldest first.
+CREATE INDEX jobs_claim ON jobs (queue, kind, state, priority DESC, run_at);
+-- The reaper (expired leases) and the purge (old done jobs).
+CREATE INDEX jobs_state_lease ON jobs (state, lease_until);
+CREATE INDEX jobs_state_finished ON jobs (state, finished_at);
