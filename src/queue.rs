@@ -49,7 +49,10 @@ pub struct QueueStats {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn queue_stats(State(state): State<AppState>, principal: Principal) -> Result<axum::Json<QueueStats>> {
+async fn queue_stats(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<QueueStats>> {
     principal.require_operator(state.config.tenancy)?;
     let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;
     Ok(axum::Json(QueueStats {
@@ -79,7 +82,11 @@ async fn queue_stats(State(state): State<AppState>, principal: Principal) -> Res
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn replay_job(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> Result<StatusCode> {
+async fn replay_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
     principal.require_operator(state.config.tenancy)?;
     if !state.queue.replay(&id).await.map_err(anyhow::Error::from)? {
         return Err(Error::not_found("dead job"));

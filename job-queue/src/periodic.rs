@@ -44,7 +44,11 @@ impl Periodic {
         };
         let mut fresh = 0;
         for (schedule, job) in &self.entries {
-            let Some(window) = schedule.after(&since_at).take_while(|t| *t <= now_at).last() else {
+            let Some(window) = schedule
+                .after(&since_at)
+                .take_while(|t| *t <= now_at)
+                .last()
+            else {
                 continue;
             };
             let start = window.timestamp_millis();
@@ -71,7 +75,9 @@ impl Periodic {
             let now = self.queue.now();
             match self.tick(since, now).await {
                 Ok(_) => since = now,
-                Err(err) => tracing::warn!(error = %err, "enqueueing periodic jobs failed; retrying next tick"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "enqueueing periodic jobs failed; retrying next tick")
+                }
             }
         }
     }

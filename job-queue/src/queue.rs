@@ -128,7 +128,11 @@ impl Queue {
     }
 
     /// Enqueues `job` in the caller's transaction: it exists if and only if that commits.
-    pub async fn enqueue_in(&self, tx: &mut Transaction<'static, Any>, job: NewJob) -> Result<Enqueued, Error> {
+    pub async fn enqueue_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job: NewJob,
+    ) -> Result<Enqueued, Error> {
         let now = self.now();
         let id = format!("job_{}", ulid::Ulid::new());
         let inserted: Option<(String,)> = sqlx::query_as(
@@ -150,7 +154,10 @@ impl Queue {
         .fetch_optional(&mut **tx)
         .await?;
         if let Some((id,)) = inserted {
-            return Ok(Enqueued { id, duplicate: false });
+            return Ok(Enqueued {
+                id,
+                duplicate: false,
+            });
         }
         let (existing,): (String,) =
             sqlx::query_as("SELECT id FROM jobs WHERE queue = $1 AND dedupe_key = $2")
@@ -180,7 +187,14 @@ impl Queue {
     }
 
     /// Claims up to `limit` due jobs of `kind`, leasing them for `lease` under a fresh token.
-    pub(crate) async fn claim(&self, queue: &str, kind: &str, limit: usize, lease: Duration, token: &str) -> Result<Vec<Claimed>, Error> {
+    pub(crate) async fn claim(
+        &self,
+        queue: &str,
+        kind: &str,
+        limit: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<Claimed>, Error> {
         let now = self.now();
         // SQLite serialises writers, so the sub-select cannot hand one job to two claimers;
         // PostgreSQL skips rows another claimer has locked instead of waiting for them.
@@ -227,7 +241,14 @@ impl Queue {
 
     /// Schedules the next attempt `delay` from now, or buries the job when its attempts are
     /// spent (or `dead` is set). Fenced by `token`.
-    pub(crate) async fn retry_or_bury(&self, id: &str, token: &str, delay: Duration, error: &str, dead: bool) -> Result<bool, Error> {
+    pub(crate) async fn retry_or_bury(
+        &self,
+        id: &str,
+        token: &str,
+        delay: Duration,
+        error: &str,
+        dead: bool,
+    ) -> Result<bool, Error> {
         let now = self.now();
         let updated = sqlx::query(
             "UPDATE jobs SET
@@ -265,7 +286,12 @@ impl Queue {
     }
 
     /// Extends a held lease to `lease` from now. Returns false when the lease was lost.
-    pub(crate) async fn extend(&self, id: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    pub(crate) async fn extend(
+        &self,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         let now = self.now();
         let extended = sqlx::query(
             "UPDATE jobs SET lease_until = $1, updated_at = $2
@@ -337,7 +363,10 @@ impl Queue {
         .await?;
         let mut kinds: Vec<KindStats> = Vec::new();
         for (queue, kind, state, count, oldest_due) in rows {
-            if !kinds.last().is_some_and(|k| k.queue == queue && k.kind == kind) {
+            if !kinds
+                .last()
+                .is_some_and(|k| k.queue == queue && k.kind == kind)
+            {
                 kinds.push(KindStats {
                     queue,
                     kind,

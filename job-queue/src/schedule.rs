@@ -70,7 +70,11 @@ mod tests {
     #[test]
     fn fixed_schedules_stay_within_their_jitter_and_repeat_the_last_delay() {
         let schedule = RetrySchedule::Fixed {
-            delays: vec![Duration::ZERO, Duration::from_secs(5), Duration::from_secs(300)],
+            delays: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+            ],
             jitter_percent: 20,
         };
         for _ in 0..200 {

@@ -175,7 +175,13 @@ impl Worker {
                 let token = ulid::Ulid::new().to_string();
                 let claimed = match self
                     .queue
-                    .claim(&self.options.queue, &kind.name, free, kind.options.lease, &token)
+                    .claim(
+                        &self.options.queue,
+                        &kind.name,
+                        free,
+                        kind.options.lease,
+                        &token,
+                    )
                     .await
                 {
                     Ok(claimed) => claimed,
@@ -282,7 +288,13 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Runs one claimed job: the handler in a task of its own (a panic becomes a retry), the lease
 /// extended every third of its length, and the outcome recorded under the claim's token.
-async fn execute(queue: Queue, handler: Handler, options: KindOptions, claimed: Claimed, token: String) {
+async fn execute(
+    queue: Queue,
+    handler: Handler,
+    options: KindOptions,
+    claimed: Claimed,
+    token: String,
+) {
     let job = Job {
         payload: serde_json::from_str(&claimed.payload).unwrap_or(serde_json::Value::Null),
         attempt: u32::try_from(claimed.attempt).unwrap_or(u32::MAX),
@@ -314,11 +326,19 @@ async fn execute(queue: Queue, handler: Handler, options: KindOptions, claimed: 
             let delay = after.unwrap_or_else(|| options.schedule.delay_after(attempt));
             queue.retry_or_bury(&id, &token, delay, error, false).await
         }
-        Outcome::Fail(error) => queue.retry_or_bury(&id, &token, Duration::ZERO, error, true).await,
+        Outcome::Fail(error) => {
+            queue
+                .retry_or_bury(&id, &token, Duration::ZERO, error, true)
+                .await
+        }
     };
     match recorded {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(job = %id, ?outcome, "outcome discarded: the lease had passed to another run"),
-        Err(err) => tracing::warn!(job = %id, error = %err, "recording the outcome failed; the reaper will retry the job"),
+        Ok(false) => {
+            tracing::warn!(job = %id, ?outcome, "outcome discarded: the lease had passed to another run")
+        }
+        Err(err) => {
+            tracing::warn!(job = %id, error = %err, "recording the outcome failed; the reaper will retry the job")
+        }
     }
 }

@@ -10,8 +10,8 @@ use axum::http::request::Parts;
 
 use crate::app::AppState;
 use crate::config::Tenancy;
-use crate::tenants;
 use crate::keys::{self, KeyKind, Principal, Rejected, Scope};
+use crate::tenants;
 
 use super::error::{Error, Result};
 

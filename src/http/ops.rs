@@ -130,7 +130,11 @@ impl Default for Metrics {
         );
         let jobs = Family::<JobLabels, Gauge>::default();
         let oldest_due = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register("jobs", "Jobs in the queue, by queue, kind and state", jobs.clone());
+        registry.register(
+            "jobs",
+            "Jobs in the queue, by queue, kind and state",
+            jobs.clone(),
+        );
         registry.register(
             "jobs_oldest_due_age_seconds",
             "How long the oldest due, unclaimed job of a kind has waited",

@@ -1,0 +1,503 @@
+//! The job queue's guarantees, on both engines: transactional enqueue, dedupe, stored retry
+//! delays, fencing, dead jobs and replay, periodic windows, graceful shutdown, and the
+//! operators' view.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Engine, TestDb, TestServer};
+use job_queue::{KindOptions, NewJob, Outcome, Periodic, Queue, Worker, WorkerOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use switchyard::clock::Clock;
+use switchyard::db::Db;
+use tokio::sync::{oneshot, Notify};
+
+on_both_engines!(
+    an_enqueue_exists_only_if_its_transaction_commits,
+    a_duplicate_dedupe_key_returns_the_existing_job,
+    a_stored_retry_delay_survives_a_restart,
+    a_stale_lease_holders_outcome_is_rejected,
+    exhausted_jobs_die_with_their_error_and_can_be_replayed,
+    a_panicking_handler_is_retried,
+    each_periodic_window_runs_once_across_schedulers,
+    shutdown_lets_running_jobs_finish_and_releases_the_rest,
+    operators_see_counts_on_the_api_and_in_metrics,
+);
+
+struct Fixture {
+    _db: TestDb,
+    db: Db,
+    clock: Clock,
+    queue: Queue,
+}
+
+async fn fixture(engine: Engine) -> Fixture {
+    let test_db = TestDb::create(engine).await;
+    let db = Db::connect(&test_db.url, 5).await.unwrap();
+    db.migrate().await.unwrap();
+    let clock = Clock::default();
+    let now = {
+        let clock = clock.clone();
+        Arc::new(move || clock.now_ms())
+    };
+    let queue = Queue::new(db.pool().clone(), db.dialect().queue_engine(), now);
+    Fixture {
+        _db: test_db,
+        db,
+        clock,
+        queue,
+    }
+}
+
+fn fast() -> WorkerOptions {
+    WorkerOptions {
+        poll_interval: Duration::from_millis(10),
+        maintenance_interval: Duration::from_millis(50),
+        ..WorkerOptions::default()
+    }
+}
+
+fn one_at_a_time() -> KindOptions {
+    KindOptions {
+        concurrency: 1,
+        ..KindOptions::default()
+    }
+}
+
+/// (state, attempt, run_at, last_error)
+async fn job(queue: &Queue, id: &str) -> (String, i64, i64, Option<String>) {
+    sqlx::query_as("SELECT state, attempt, run_at, last_error FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(queue.pool())
+        .await
+        .unwrap()
+}
+
+async fn count_jobs(queue: &Queue) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs")
+        .fetch_one(queue.pool())
+        .await
+        .unwrap();
+    n
+}
+
+async fn wait_for_state(queue: &Queue, id: &str, state: &str) {
+    for _ in 0..500 {
+        if job(queue, id).await.0 == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never reached {state}: {:?}", job(queue, id).await);
+}
+
+/// Starts `worker`; the returned sender stops it, and the handle ends when it has stopped.
+fn spawn(worker: Worker) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, handle)
+}
+
+async fn an_enqueue_exists_only_if_its_transaction_commits(engine: Engine) {
+    let f = fixture(engine).await;
+    let mut tx = f.db.write_global().await.unwrap();
+    f.queue
+        .enqueue_in(&mut tx, NewJob::new("send", json!({"n": 1})))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        count_jobs(&f.queue).await,
+        0,
+        "a rolled-back enqueue leaves no job"
+    );
+
+    let mut tx = f.db.write_global().await.unwrap();
+    let enqueued = f
+        .queue
+        .enqueue_in(&mut tx, NewJob::new("send", json!({"n": 2})))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(job(&f.queue, &enqueued.id).await.0, "available");
+    assert_eq!(count_jobs(&f.queue).await, 1);
+}
+
+async fn a_duplicate_dedupe_key_returns_the_existing_job(engine: Engine) {
+    let f = fixture(engine).await;
+    let first = f
+        .queue
+        .enqueue(NewJob::new("report", json!({})).dedupe_key("report:1"))
+        .await
+        .unwrap();
+    let again = f
+        .queue
+        .enqueue(NewJob::new("report", json!({"other": true})).dedupe_key("report:1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(
+        again,
+        job_queue::Enqueued {
+            id: first.id.clone(),
+            duplicate: true
+        }
+    );
+    let elsewhere = f
+        .queue
+        .enqueue(
+            NewJob::new("report", json!({}))
+                .dedupe_key("report:1")
+                .on_queue("other"),
+        )
+        .await
+        .unwrap();
+    assert!(!elsewhere.duplicate, "dedupe keys are unique per queue");
+    let keyless_a = f
+        .queue
+        .enqueue(NewJob::new("report", json!({})))
+        .await
+        .unwrap();
+    let keyless_b = f
+        .queue
+        .enqueue(NewJob::new("report", json!({})))
+        .await
+        .unwrap();
+    assert_ne!(keyless_a.id, keyless_b.id);
+    assert_eq!(count_jobs(&f.queue).await, 4);
+}
+
+async fn a_stored_retry_delay_survives_a_restart(engine: Engine) {
+    let f = fixture(engine).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let runs = runs.clone();
+        move |job: job_queue::Job| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if job.attempt == 1 {
+                    Outcome::retry_after(Duration::from_secs(3600), "the receiver said later")
+                } else {
+                    Outcome::Done
+                }
+            }
+        }
+    };
+    let id = f
+        .queue
+        .enqueue(NewJob::new("call", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let before = f.clock.now_ms();
+    let (stop, first) = spawn(Worker::new(f.queue.clone(), fast()).register(
+        "call",
+        one_at_a_time(),
+        handler.clone(),
+    ));
+    for _ in 0..500 {
+        if job(&f.queue, &id).await.1 == 1 && job(&f.queue, &id).await.0 == "available" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (state, attempt, run_at, error) = job(&f.queue, &id).await;
+    assert_eq!((state.as_str(), attempt), ("available", 1));
+    assert!(
+        run_at >= before + 3_600_000,
+        "the delay is stored in run_at"
+    );
+    assert_eq!(error.as_deref(), Some("the receiver said later"));
+    stop.send(()).unwrap();
+    first.await.unwrap();
+
+    // A new worker (a restarted node) honours the stored delay...
+    let (stop, second) =
+        spawn(Worker::new(f.queue.clone(), fast()).register("call", one_at_a_time(), handler));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "not run before its time");
+    // ...and runs the job once that time comes.
+    f.clock.advance(Duration::from_secs(3601));
+    wait_for_state(&f.queue, &id, "done").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    stop.send(()).unwrap();
+    second.await.unwrap();
+}
+
+async fn a_stale_lease_holders_outcome_is_rejected(engine: Engine) {
+    let f = fixture(engine).await;
+    let id = f
+        .queue
+        .enqueue(NewJob::new("slow", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let (a_started, a_release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let worker_a = Worker::new(f.queue.clone(), fast()).register("slow", one_at_a_time(), {
+        let (started, release) = (a_started.clone(), a_release.clone());
+        move |_job| {
+            let (started, release) = (started.clone(), release.clone());
+            async move {
+                started.notify_one();
+                release.notified().await;
+                Outcome::Fail("the stale holder must not decide".to_owned())
+            }
+        }
+    });
+    let (stop_a, a) = spawn(worker_a);
+    a_started.notified().await;
+
+    // A stalls past its lease; the reaper hands the job to B.
+    f.clock.advance(Duration::from_secs(61));
+    let (b_started, b_release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let worker_b = Worker::new(f.queue.clone(), fast()).register("slow", one_at_a_time(), {
+        let (started, release) = (b_started.clone(), b_release.clone());
+        move |_job| {
+            let (started, release) = (started.clone(), release.clone());
+            async move {
+                started.notify_one();
+                release.notified().await;
+                Outcome::Done
+            }
+        }
+    });
+    let (stop_b, b) = spawn(worker_b);
+    b_started.notified().await;
+    assert_eq!(job(&f.queue, &id).await.1, 2, "B runs the second attempt");
+
+    // A finally answers: its outcome is fenced off, the job stays with B.
+    a_release.notify_one();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(job(&f.queue, &id).await.0, "running");
+    b_release.notify_one();
+    wait_for_state(&f.queue, &id, "done").await;
+    stop_a.send(()).unwrap();
+    stop_b.send(()).unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+}
+
+async fn exhausted_jobs_die_with_their_error_and_can_be_replayed(engine: Engine) {
+    let f = fixture(engine).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let worker = Worker::new(f.queue.clone(), fast()).register("flaky", one_at_a_time(), {
+        let runs = runs.clone();
+        move |_job| {
+            let runs = runs.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Outcome::retry_after(Duration::ZERO, "connection refused")
+                } else {
+                    Outcome::Done
+                }
+            }
+        }
+    });
+    let id = f
+        .queue
+        .enqueue(NewJob::new("flaky", json!({})).max_attempts(2))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(worker);
+    wait_for_state(&f.queue, &id, "dead").await;
+    let (_, attempt, _, error) = job(&f.queue, &id).await;
+    assert_eq!((attempt, error.as_deref()), (2, Some("connection refused")));
+    assert_eq!(f.queue.stats().await.unwrap().dead(), 1);
+
+    assert!(f.queue.replay(&id).await.unwrap());
+    wait_for_state(&f.queue, &id, "done").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert!(!f.queue.replay(&id).await.unwrap(), "only dead jobs replay");
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+async fn a_panicking_handler_is_retried(engine: Engine) {
+    let f = fixture(engine).await;
+    let worker = Worker::new(f.queue.clone(), fast()).register(
+        "fragile",
+        KindOptions {
+            concurrency: 1,
+            schedule: job_queue::RetrySchedule::Fixed {
+                delays: vec![Duration::ZERO],
+                jitter_percent: 0,
+            },
+            ..KindOptions::default()
+        },
+        |job: job_queue::Job| async move {
+            if job.attempt == 1 {
+                panic!("bug in a handler");
+            }
+            Outcome::Done
+        },
+    );
+    let id = f
+        .queue
+        .enqueue(NewJob::new("fragile", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(worker);
+    wait_for_state(&f.queue, &id, "done").await;
+    assert_eq!(job(&f.queue, &id).await.1, 2);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+async fn each_periodic_window_runs_once_across_schedulers(engine: Engine) {
+    let f = fixture(engine).await;
+    let schedulers: Vec<Periodic> = (0..2)
+        .map(|_| {
+            Periodic::new(f.queue.clone())
+                .every("0 */5 * * * *", NewJob::new("usage.report", json!({})))
+                .unwrap()
+        })
+        .collect();
+    let start = 1_800_000_000_000_i64; // a multiple of five minutes
+    let mut fresh = 0;
+    for window in 0..3 {
+        let (since, now) = (start + window * 300_000 - 1, start + window * 300_000 + 10);
+        for scheduler in &schedulers {
+            fresh += scheduler.tick(since, now).await.unwrap();
+        }
+    }
+    assert_eq!(fresh, 3, "two schedulers, three windows, three jobs");
+    let keys: Vec<(String, i64)> =
+        sqlx::query_as("SELECT dedupe_key, run_at FROM jobs ORDER BY run_at")
+            .fetch_all(f.queue.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        (0..3)
+            .map(|w| (
+                format!("usage.report:{}", start + w * 300_000),
+                start + w * 300_000
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert!(Periodic::new(f.queue.clone())
+        .every("every tuesday", NewJob::new("x", json!({})))
+        .is_err());
+}
+
+async fn shutdown_lets_running_jobs_finish_and_releases_the_rest(engine: Engine) {
+    let f = fixture(engine).await;
+    let started = Arc::new(Notify::new());
+    let slow = |pause: Duration, started: Arc<Notify>| {
+        move |_job| {
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                tokio::time::sleep(pause).await;
+                Outcome::Done
+            }
+        }
+    };
+
+    let id = f
+        .queue
+        .enqueue(NewJob::new("short", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(Worker::new(f.queue.clone(), fast()).register(
+        "short",
+        one_at_a_time(),
+        slow(Duration::from_millis(300), started.clone()),
+    ));
+    started.notified().await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        job(&f.queue, &id).await.0,
+        "done",
+        "a running job finishes before the worker exits"
+    );
+
+    let id = f
+        .queue
+        .enqueue(NewJob::new("long", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let options = WorkerOptions {
+        shutdown_timeout: Duration::from_millis(100),
+        ..fast()
+    };
+    let (stop, handle) = spawn(Worker::new(f.queue.clone(), options).register(
+        "long",
+        one_at_a_time(),
+        slow(Duration::from_secs(30), started.clone()),
+    ));
+    started.notified().await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("the deadline holds")
+        .unwrap();
+    let (state, attempt, _, _) = job(&f.queue, &id).await;
+    assert_eq!(
+        (state.as_str(), attempt),
+        ("available", 0),
+        "released, its attempt not counted"
+    );
+}
+
+async fn operators_see_counts_on_the_api_and_in_metrics(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let queue = srv.running.as_ref().unwrap().state.queue.clone();
+    for _ in 0..3 {
+        queue
+            .enqueue(NewJob::new("nobody.handles.this", json!({})))
+            .await
+            .unwrap();
+    }
+    srv.clock.advance(Duration::from_secs(10));
+    let (status, stats) = srv.get("/v1/queue", &srv.admin_key).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    let kind = &stats["kinds"][0];
+    assert_eq!(
+        (kind["kind"].as_str(), kind["available"].as_i64()),
+        (Some("nobody.handles.this"), Some(3))
+    );
+    assert!(kind["oldest_available_age_ms"].as_i64().unwrap() >= 10_000);
+    assert_eq!(stats["dead"], 0);
+
+    let metrics = srv
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"switchyard_jobs{queue="default",kind="nobody.handles.this",state="available"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_jobs_oldest_due_age_seconds"));
+
+    let missing = srv
+        .post(
+            "/v1/queue/jobs/job_01J00000000000000000000000/replay",
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    common::assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
+    srv.stop().await;
+}
