@@ -172,6 +172,13 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     // The worker has no job kinds of its own yet; it reaps expired leases and purges done jobs.
     let worker_options = WorkerOptions {
         shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
+        listen_url: (state.db.dialect() == Dialect::Postgres).then(|| {
+            let config = &state.config;
+            config
+                .database_url_app
+                .clone()
+                .unwrap_or_else(|| config.database_url.clone())
+        }),
         ..WorkerOptions::default()
     };
     let mut worker_stopped = stopped.clone();

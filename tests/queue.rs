@@ -26,6 +26,7 @@ on_both_engines!(
     each_periodic_window_runs_once_across_schedulers,
     shutdown_lets_running_jobs_finish_and_releases_the_rest,
     operators_see_counts_on_the_api_and_in_metrics,
+    an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll,
 );
 
 struct Fixture {
@@ -500,4 +501,44 @@ async fn operators_see_counts_on_the_api_and_in_metrics(engine: Engine) {
         .await;
     common::assert_problem(&missing, StatusCode::NOT_FOUND, "not_found");
     srv.stop().await;
+}
+
+async fn an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll(engine: Engine) {
+    let f = fixture(engine).await;
+    let options = WorkerOptions {
+        poll_interval: Duration::from_secs(30),
+        maintenance_interval: Duration::from_secs(30),
+        listen_url: (engine == Engine::Postgres).then(|| f._db.url.clone()),
+        ..WorkerOptions::default()
+    };
+    let ran = Arc::new(Notify::new());
+    let worker = Worker::new(f.queue.clone(), options).register("ping", one_at_a_time(), {
+        let ran = ran.clone();
+        move |_job| {
+            let ran = ran.clone();
+            async move {
+                ran.notify_one();
+                Outcome::Done
+            }
+        }
+    });
+    let (stop, handle) = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle: its first poll found nothing
+
+    // Enqueued in a caller's transaction: on PostgreSQL the commit itself notifies (any node);
+    // on SQLite the committer wakes this process's workers.
+    let mut tx = f.db.write_global().await.unwrap();
+    f.queue
+        .enqueue_in(&mut tx, NewJob::new("ping", json!({})))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    if engine == Engine::Sqlite {
+        f.queue.committed();
+    }
+    tokio::time::timeout(Duration::from_secs(2), ran.notified())
+        .await
+        .expect("picked up long before the 30 s poll");
+    stop.send(()).unwrap();
+    handle.await.unwrap();
 }

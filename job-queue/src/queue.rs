@@ -1,8 +1,10 @@
 //! The `jobs` table: enqueue, claim, the fenced outcomes, reaping, purging, replay and stats.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Any, AnyPool, Transaction};
+use tokio::sync::Notify;
 
 use crate::{Engine, Error, Now};
 
@@ -104,19 +106,43 @@ impl Stats {
     }
 }
 
+/// The PostgreSQL channel an enqueue notifies on commit, so idle workers on every node wake.
+pub(crate) const CHANNEL: &str = "job_queue";
+
 /// A handle on the jobs table.
 #[derive(Clone)]
 pub struct Queue {
     pool: AnyPool,
     engine: Engine,
     now: Now,
+    wake: Arc<Notify>,
 }
 
 const CLAIMED_COLUMNS: &str = "id, kind, payload, attempt, max_attempts, lease_until";
 
 impl Queue {
     pub fn new(pool: AnyPool, engine: Engine, now: Now) -> Self {
-        Self { pool, engine, now }
+        Self {
+            pool,
+            engine,
+            now,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Wakes this process's idle workers. [`Queue::enqueue`] does it after committing; call it
+    /// after committing a transaction that used [`Queue::enqueue_in`]. (On PostgreSQL workers
+    /// with a listener are also woken by the commit itself, on every node.)
+    pub fn committed(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn wake(&self) -> &Arc<Notify> {
+        &self.wake
     }
 
     pub fn now(&self) -> i64 {
@@ -154,6 +180,14 @@ impl Queue {
         .fetch_optional(&mut **tx)
         .await?;
         if let Some((id,)) = inserted {
+            if self.engine == Engine::Postgres {
+                // Delivered when (and only if) the caller's transaction commits.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(&job.queue)
+                    .execute(&mut **tx)
+                    .await?;
+            }
             return Ok(Enqueued {
                 id,
                 duplicate: false,
@@ -176,6 +210,7 @@ impl Queue {
         let mut tx = self.begin_write().await?;
         let enqueued = self.enqueue_in(&mut tx, job).await?;
         tx.commit().await?;
+        self.committed();
         Ok(enqueued)
     }
 

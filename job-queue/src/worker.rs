@@ -90,6 +90,9 @@ pub struct WorkerOptions {
     pub retention: Duration,
     /// How long a shutdown waits for running handlers before releasing their jobs.
     pub shutdown_timeout: Duration,
+    /// PostgreSQL: a URL to LISTEN on, so that an idle worker wakes the moment any node commits
+    /// a job, instead of at its next poll.
+    pub listen_url: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -100,6 +103,7 @@ impl Default for WorkerOptions {
             maintenance_interval: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
+            listen_url: None,
         }
     }
 }
@@ -119,7 +123,6 @@ pub struct Worker {
     queue: Queue,
     options: WorkerOptions,
     kinds: Vec<Kind>,
-    wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -128,7 +131,6 @@ impl Worker {
             queue,
             options,
             kinds: Vec::new(),
-            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -148,17 +150,17 @@ impl Worker {
         self
     }
 
-    /// Notifying this wakes an idle worker at once, e.g. after committing an enqueue.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     /// Runs until `shutdown` resolves, then stops claiming, lets running handlers finish within
     /// the shutdown timeout and releases the jobs of those that did not.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut last_maintenance: Option<Instant> = None;
+        let wake = self.queue.wake().clone();
+        let listener = self.options.listen_url.clone().map(|url| {
+            let wake = wake.clone();
+            AbortOnDrop(tokio::spawn(listen(url, self.options.queue.clone(), wake)))
+        });
         tokio::pin!(shutdown);
 
         loop {
@@ -222,13 +224,14 @@ impl Worker {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(self.options.poll_interval) => {}
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
                     in_flight.remove(&finished_id(finished));
                 }
             }
         }
 
+        drop(listener);
         tracing::info!(running = running.len(), "worker stopping: no new claims");
         let deadline = tokio::time::sleep(self.options.shutdown_timeout);
         tokio::pin!(deadline);
@@ -266,6 +269,31 @@ impl Worker {
         }
         if let Err(err) = self.queue.purge(self.options.retention).await {
             tracing::warn!(error = %err, "purging done jobs failed");
+        }
+    }
+}
+
+/// Wakes the worker on every commit of a job for its queue (PostgreSQL LISTEN/NOTIFY).
+/// Reconnects after a lost connection; polling covers the gap.
+async fn listen(url: String, queue: String, wake: Arc<Notify>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot LISTEN for new jobs; polling only");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(crate::queue::CHANNEL).await {
+            tracing::warn!(error = %err, "cannot LISTEN for new jobs; polling only");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        while let Ok(notification) = listener.recv().await {
+            if notification.payload() == queue {
+                wake.notify_one();
+            }
         }
     }
 }
