@@ -76,10 +76,16 @@ async fn run(engine: &Engine) {
 
     let started = Instant::now();
     for n in 0..INSERTS {
-        queue.enqueue(NewJob::new("enqueue.only", json!({ "n": n }))).await.unwrap();
+        queue
+            .enqueue(NewJob::new("enqueue.only", json!({ "n": n })))
+            .await
+            .unwrap();
     }
     let enqueue = INSERTS as f64 / started.elapsed().as_secs_f64();
-    println!("enqueue (own transaction) {enqueue:>9.0} jobs/s   {:>5.0}% of raw INSERT", 100.0 * enqueue / raw);
+    println!(
+        "enqueue (own transaction) {enqueue:>9.0} jobs/s   {:>5.0}% of raw INSERT",
+        100.0 * enqueue / raw
+    );
 
     for concurrency in [1, 8, 32] {
         let rate = completed_per_second(&queue, &db, concurrency).await;
@@ -126,11 +132,12 @@ fn options(listen_url: Option<String>) -> WorkerOptions {
 }
 
 async fn done(db: &Db, kind: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = 'done'")
-        .bind(kind)
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = 'done'")
+            .bind(kind)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
     n
 }
 
@@ -138,7 +145,10 @@ async fn completed_per_second(queue: &Queue, db: &Db, concurrency: usize) -> f64
     let kind = format!("noop.c{concurrency}");
     let mut tx = db.write_global().await.unwrap();
     for n in 0..JOBS {
-        queue.enqueue_in(&mut tx, NewJob::new(&kind, json!({ "n": n }))).await.unwrap();
+        queue
+            .enqueue_in(&mut tx, NewJob::new(&kind, json!({ "n": n })))
+            .await
+            .unwrap();
     }
     tx.commit().await.unwrap();
 
@@ -175,13 +185,22 @@ async fn completed_per_second(queue: &Queue, db: &Db, concurrency: usize) -> f64
 }
 
 /// Milliseconds from an enqueue's commit to its handler starting, one job at a time.
-async fn pickup_latency(queue: &Queue, db: &Db, listen_url: Option<String>, wake: bool) -> (f64, f64) {
+async fn pickup_latency(
+    queue: &Queue,
+    db: &Db,
+    listen_url: Option<String>,
+    wake: bool,
+) -> (f64, f64) {
     let kind = format!("latency.{}", if wake { "woken" } else { "polled" });
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<Instant>();
-    let worker = Worker::new(queue.clone(), options(listen_url)).register(&kind, KindOptions::default(), move |_job| {
-        let _ = started_tx.send(Instant::now());
-        async { Outcome::Done }
-    });
+    let worker = Worker::new(queue.clone(), options(listen_url)).register(
+        &kind,
+        KindOptions::default(),
+        move |_job| {
+            let _ = started_tx.send(Instant::now());
+            async { Outcome::Done }
+        },
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -190,7 +209,10 @@ async fn pickup_latency(queue: &Queue, db: &Db, listen_url: Option<String>, wake
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for n in 0..LATENCY_SAMPLES {
         let mut tx = db.write_global().await.unwrap();
-        queue.enqueue_in(&mut tx, NewJob::new(&kind, json!({ "n": n }))).await.unwrap();
+        queue
+            .enqueue_in(&mut tx, NewJob::new(&kind, json!({ "n": n })))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         let committed = Instant::now();
         if wake {

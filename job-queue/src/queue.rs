@@ -214,7 +214,7 @@ impl Queue {
         Ok(enqueued)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => self.pool.begin().await,
@@ -224,6 +224,7 @@ impl Queue {
     /// Claims up to `limit` due jobs of `kind`, leasing them for `lease` under a fresh token.
     pub(crate) async fn claim(
         &self,
+        tx: &mut Transaction<'static, Any>,
         queue: &str,
         kind: &str,
         limit: usize,
@@ -253,13 +254,18 @@ impl Queue {
             .bind(queue)
             .bind(kind)
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut **tx)
             .await?;
         Ok(claimed)
     }
 
     /// Marks a job done, if `token` still holds its lease. Returns false when fenced off.
-    pub(crate) async fn complete(&self, id: &str, token: &str) -> Result<bool, Error> {
+    pub(crate) async fn complete(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        token: &str,
+    ) -> Result<bool, Error> {
         let now = self.now();
         let done = sqlx::query(
             "UPDATE jobs SET state = 'done', finished_at = $1, updated_at = $1,
@@ -269,7 +275,7 @@ impl Queue {
         .bind(now)
         .bind(id)
         .bind(token)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -278,6 +284,7 @@ impl Queue {
     /// spent (or `dead` is set). Fenced by `token`.
     pub(crate) async fn retry_or_bury(
         &self,
+        tx: &mut Transaction<'static, Any>,
         id: &str,
         token: &str,
         delay: Duration,
@@ -299,7 +306,7 @@ impl Queue {
         .bind(truncate(error))
         .bind(id)
         .bind(token)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(updated.rows_affected() == 1)
     }

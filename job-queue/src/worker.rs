@@ -152,9 +152,14 @@ impl Worker {
 
     /// Runs until `shutdown` resolves, then stops claiming, lets running handlers finish within
     /// the shutdown timeout and releases the jobs of those that did not.
+    ///
+    /// Outcomes are recorded by this loop, not by the handlers' tasks: each turn records every
+    /// outcome that arrived and claims jobs for the free slots in one write transaction, so a
+    /// busy worker commits once per turn rather than twice per job.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let mut running: JoinSet<()> = JoinSet::new();
+        let mut running: JoinSet<Finished> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
+        let mut finished: Vec<Finished> = Vec::new();
         let mut last_maintenance: Option<Instant> = None;
         let wake = self.queue.wake().clone();
         let listener = self.options.listen_url.clone().map(|url| {
@@ -168,54 +173,32 @@ impl Worker {
                 self.maintain().await;
                 last_maintenance = Some(Instant::now());
             }
-            let mut claimed_any = false;
-            for kind in &self.kinds {
-                let free = kind.slots.available_permits();
-                if free == 0 {
-                    continue;
-                }
-                let token = ulid::Ulid::new().to_string();
-                let claimed = match self
-                    .queue
-                    .claim(
-                        &self.options.queue,
-                        &kind.name,
-                        free,
-                        kind.options.lease,
-                        &token,
-                    )
-                    .await
-                {
-                    Ok(claimed) => claimed,
-                    Err(err) => {
-                        tracing::warn!(kind = %kind.name, error = %err, "claiming jobs failed");
-                        Vec::new()
-                    }
-                };
-                for claimed in claimed {
-                    claimed_any = true;
-                    let permit = kind
-                        .slots
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("claimed no more jobs than free slots");
-                    let id = claimed.id.clone();
-                    let run = execute(
-                        self.queue.clone(),
-                        kind.handler.clone(),
-                        kind.options.clone(),
-                        claimed,
-                        token.clone(),
-                    );
-                    let handle = running.spawn(async move {
-                        run.await;
-                        drop(permit);
-                    });
-                    in_flight.insert(handle.id(), (id, token.clone()));
-                }
+            while let Some(result) = running.try_join_next_with_id() {
+                collect(result, &mut in_flight, &mut finished);
             }
-            while let Some(finished) = running.try_join_next_with_id() {
-                in_flight.remove(&finished_id(finished));
+            let claimed = self.record_and_claim(&mut finished, true).await;
+            let claimed_any = !claimed.is_empty();
+            for (kind, job, token) in claimed {
+                let kind = &self.kinds[kind];
+                let permit = kind
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("claimed no more jobs than free slots");
+                let id = job.id.clone();
+                let run = execute(
+                    self.queue.clone(),
+                    kind.handler.clone(),
+                    kind.options.clone(),
+                    job,
+                    token.clone(),
+                );
+                let handle = running.spawn(async move {
+                    let outcome = run.await;
+                    drop(permit);
+                    outcome
+                });
+                in_flight.insert(handle.id(), (id, token));
             }
             let has_free_slot = self.kinds.iter().any(|k| k.slots.available_permits() > 0);
             if claimed_any && has_free_slot {
@@ -225,8 +208,8 @@ impl Worker {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(self.options.poll_interval) => {}
                 _ = wake.notified() => {}
-                Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
-                    in_flight.remove(&finished_id(finished));
+                Some(result) = running.join_next_with_id(), if !running.is_empty() => {
+                    collect(result, &mut in_flight, &mut finished);
                 }
             }
         }
@@ -237,28 +220,117 @@ impl Worker {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                finished = running.join_next_with_id() => match finished {
-                    Some(finished) => { in_flight.remove(&finished_id(finished)); }
+                result = running.join_next_with_id() => match result {
+                    Some(result) => collect(result, &mut in_flight, &mut finished),
                     None => break,
                 },
                 _ = &mut deadline => {
                     running.abort_all();
-                    while let Some(finished) = running.join_next_with_id().await {
-                        if let Ok((id, ())) = finished {
-                            in_flight.remove(&id);
-                        }
-                    }
-                    for (job, token) in in_flight.values() {
-                        match self.queue.release(job, token).await {
-                            Ok(_) => tracing::info!(%job, "released unfinished job"),
-                            Err(err) => tracing::warn!(%job, error = %err, "release failed; the reaper will return it"),
-                        }
+                    while let Some(result) = running.join_next_with_id().await {
+                        collect(result, &mut in_flight, &mut finished);
                     }
                     break;
                 }
             }
         }
+        self.record_and_claim(&mut finished, false).await;
+        for (job, token) in in_flight.values() {
+            match self.queue.release(job, token).await {
+                Ok(_) => tracing::info!(%job, "released unfinished job"),
+                Err(err) => {
+                    tracing::warn!(%job, error = %err, "release failed; the reaper will return it")
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Records `finished` outcomes (each fenced by its lease token) and, when `claim` is set,
+    /// claims due jobs for every free slot, all in one write transaction. Outcomes stay in
+    /// `finished` if the transaction fails, to be recorded on the next turn.
+    async fn record_and_claim(
+        &self,
+        finished: &mut Vec<Finished>,
+        claim: bool,
+    ) -> Vec<(usize, Claimed, String)> {
+        let free: Vec<usize> = self
+            .kinds
+            .iter()
+            .map(|k| {
+                if claim {
+                    k.slots.available_permits()
+                } else {
+                    0
+                }
+            })
+            .collect();
+        if finished.is_empty() && free.iter().all(|n| *n == 0) {
+            return Vec::new();
+        }
+        let attempt = async {
+            let mut tx = self.queue.begin_write().await?;
+            let mut fenced = Vec::new();
+            for done in finished.iter() {
+                let recorded = match &done.outcome {
+                    Outcome::Done => self.queue.complete(&mut tx, &done.id, &done.token).await?,
+                    Outcome::Retry { after, error } => {
+                        let delay = after.unwrap_or_default();
+                        self.queue
+                            .retry_or_bury(&mut tx, &done.id, &done.token, delay, error, false)
+                            .await?
+                    }
+                    Outcome::Fail(error) => {
+                        self.queue
+                            .retry_or_bury(
+                                &mut tx,
+                                &done.id,
+                                &done.token,
+                                Duration::ZERO,
+                                error,
+                                true,
+                            )
+                            .await?
+                    }
+                };
+                if !recorded {
+                    fenced.push(done.id.clone());
+                }
+            }
+            let mut claimed = Vec::new();
+            for (index, kind) in self.kinds.iter().enumerate() {
+                if free[index] == 0 {
+                    continue;
+                }
+                let token = ulid::Ulid::new().to_string();
+                let jobs = self
+                    .queue
+                    .claim(
+                        &mut tx,
+                        &self.options.queue,
+                        &kind.name,
+                        free[index],
+                        kind.options.lease,
+                        &token,
+                    )
+                    .await?;
+                claimed.extend(jobs.into_iter().map(|job| (index, job, token.clone())));
+            }
+            tx.commit().await?;
+            Ok::<_, Error>((claimed, fenced))
+        };
+        match attempt.await {
+            Ok((claimed, fenced)) => {
+                for job in fenced {
+                    tracing::warn!(%job, "outcome discarded: the lease had passed to another run");
+                }
+                finished.clear();
+                claimed
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "recording outcomes and claiming failed; retrying");
+                Vec::new()
+            }
+        }
     }
 
     async fn maintain(&self) {
@@ -298,13 +370,6 @@ async fn listen(url: String, queue: String, wake: Arc<Notify>) {
     }
 }
 
-fn finished_id(finished: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
-    match finished {
-        Ok((id, ())) => id,
-        Err(err) => err.id(),
-    }
-}
-
 /// Aborts the wrapped task when dropped, so an aborted run does not leave its handler behind.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -314,15 +379,40 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Runs one claimed job: the handler in a task of its own (a panic becomes a retry), the lease
-/// extended every third of its length, and the outcome recorded under the claim's token.
+/// A handler's decision, ready to record: retry delays are resolved from the kind's schedule.
+struct Finished {
+    id: String,
+    token: String,
+    outcome: Outcome,
+}
+
+fn collect(
+    result: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
+    in_flight: &mut HashMap<tokio::task::Id, (String, String)>,
+    finished: &mut Vec<Finished>,
+) {
+    match result {
+        Ok((task, done)) => {
+            in_flight.remove(&task);
+            finished.push(done);
+        }
+        // Aborted at shutdown: the job stays in `in_flight` and is released.
+        Err(err) if err.is_cancelled() => {}
+        Err(err) => {
+            in_flight.remove(&err.id());
+        }
+    }
+}
+
+/// Runs one claimed job: the handler in a task of its own (a panic becomes a retry), with the
+/// lease extended every third of its length. Returns the outcome for the worker to record.
 async fn execute(
     queue: Queue,
     handler: Handler,
     options: KindOptions,
     claimed: Claimed,
     token: String,
-) {
+) -> Finished {
     let job = Job {
         payload: serde_json::from_str(&claimed.payload).unwrap_or(serde_json::Value::Null),
         attempt: u32::try_from(claimed.attempt).unwrap_or(u32::MAX),
@@ -348,25 +438,12 @@ async fn execute(
             },
         }
     };
-    let recorded = match &outcome {
-        Outcome::Done => queue.complete(&id, &token).await,
-        Outcome::Retry { after, error } => {
-            let delay = after.unwrap_or_else(|| options.schedule.delay_after(attempt));
-            queue.retry_or_bury(&id, &token, delay, error, false).await
-        }
-        Outcome::Fail(error) => {
-            queue
-                .retry_or_bury(&id, &token, Duration::ZERO, error, true)
-                .await
-        }
+    let outcome = match outcome {
+        Outcome::Retry { after, error } => Outcome::Retry {
+            after: Some(after.unwrap_or_else(|| options.schedule.delay_after(attempt))),
+            error,
+        },
+        other => other,
     };
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(job = %id, ?outcome, "outcome discarded: the lease had passed to another run")
-        }
-        Err(err) => {
-            tracing::warn!(job = %id, error = %err, "recording the outcome failed; the reaper will retry the job")
-        }
-    }
+    Finished { id, token, outcome }
 }
