@@ -220,8 +220,8 @@ async fn pickup_latency(
         }
         let handled = started_rx.recv().await.unwrap();
         samples.push(handled.duration_since(committed).as_secs_f64() * 1000.0);
-        // Vary the phase against the poll interval.
-        tokio::time::sleep(Duration::from_millis(n as u64 % 7)).await;
+        // Spread the enqueue moments across the 50 ms poll interval.
+        tokio::time::sleep(Duration::from_millis((n as u64 * 7) % 53)).await;
     }
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();

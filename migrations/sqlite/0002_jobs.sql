@@ -22,7 +22,7 @@ CREATE TABLE jobs (
 -- One job per (queue, dedupe_key); jobs without a key never conflict (NULLs are distinct).
 CREATE UNIQUE INDEX jobs_dedupe ON jobs (queue, dedupe_key);
 -- The claim: due jobs of a kind, highest priority first, oldest first.
-CREATE INDEX jobs_claim ON jobs (queue, kind, state, priority DESC, run_at);
+CREATE INDEX jobs_claim ON jobs (queue, kind, state, priority DESC, run_at, id);
 -- The reaper (expired leases) and the purge (old done jobs).
 CREATE INDEX jobs_state_lease ON jobs (state, lease_until);
 CREATE INDEX jobs_state_finished ON jobs (state, finished_at);
