@@ -172,6 +172,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     // The worker has no job kinds of its own yet; it reaps expired leases and purges done jobs.
     let worker_options = WorkerOptions {
         shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
+        retention: Duration::from_secs(state.config.job_retention_hours * 3600),
         listen_url: (state.db.dialect() == Dialect::Postgres).then(|| {
             let config = &state.config;
             config

@@ -98,6 +98,15 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
+    /// Hours a finished job is kept before it is purged (dead jobs are kept until replayed).
+    #[arg(
+        long,
+        env = "SWITCHYARD_JOB_RETENTION_HOURS",
+        default_value_t = 168,
+        global = true
+    )]
+    pub job_retention_hours: u64,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -27,6 +27,8 @@ on_both_engines!(
     shutdown_lets_running_jobs_finish_and_releases_the_rest,
     operators_see_counts_on_the_api_and_in_metrics,
     an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll,
+    a_long_handler_keeps_its_lease,
+    done_jobs_are_purged_after_the_retention_and_dead_ones_kept,
 );
 
 struct Fixture {
@@ -541,4 +543,76 @@ async fn an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll(e
         .expect("picked up long before the 30 s poll");
     stop.send(()).unwrap();
     handle.await.unwrap();
+}
+
+async fn a_long_handler_keeps_its_lease(engine: Engine) {
+    let f = fixture(engine).await;
+    let kind = KindOptions {
+        concurrency: 1,
+        lease: Duration::from_millis(300),
+        ..KindOptions::default()
+    };
+    let worker = Worker::new(f.queue.clone(), fast()).register("long", kind, |_job| async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        Outcome::Done
+    });
+    let id = f
+        .queue
+        .enqueue(NewJob::new("long", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(worker);
+    wait_for_state(&f.queue, &id, "done").await;
+    let (_, attempt, _, error) = job(&f.queue, &id).await;
+    assert_eq!(
+        (attempt, error),
+        (1, None),
+        "four lease lengths long, never reaped"
+    );
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+async fn done_jobs_are_purged_after_the_retention_and_dead_ones_kept(engine: Engine) {
+    let f = fixture(engine).await;
+    let worker = Worker::new(f.queue.clone(), fast()).register(
+        "once",
+        one_at_a_time(),
+        |job: job_queue::Job| async move {
+            if job.payload["fail"] == true {
+                Outcome::Fail("bad input".to_owned())
+            } else {
+                Outcome::Done
+            }
+        },
+    );
+    let done = f
+        .queue
+        .enqueue(NewJob::new("once", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let dead = f
+        .queue
+        .enqueue(NewJob::new("once", json!({"fail": true})))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(worker);
+    wait_for_state(&f.queue, &done, "done").await;
+    wait_for_state(&f.queue, &dead, "dead").await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+
+    let retention = Duration::from_secs(3600);
+    assert_eq!(
+        f.queue.purge(retention).await.unwrap(),
+        0,
+        "younger than the retention"
+    );
+    f.clock.advance(Duration::from_secs(7200));
+    assert_eq!(f.queue.purge(retention).await.unwrap(), 1);
+    assert_eq!(count_jobs(&f.queue).await, 1);
+    assert_eq!(job(&f.queue, &dead).await.3.as_deref(), Some("bad input"));
 }
