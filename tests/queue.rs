@@ -56,6 +56,17 @@ async fn fixture(engine: Engine) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Enqueues a job of `kind` due now; returns its id.
+    async fn enqueue(&self, kind: &str, payload: serde_json::Value) -> String {
+        self.queue
+            .enqueue(NewJob::new(kind, payload))
+            .await
+            .unwrap()
+            .id
+    }
+}
+
 fn fast() -> WorkerOptions {
     WorkerOptions {
         poll_interval: Duration::from_millis(10),
@@ -198,12 +209,7 @@ async fn a_stored_retry_delay_survives_a_restart(engine: Engine) {
             }
         }
     };
-    let id = f
-        .queue
-        .enqueue(NewJob::new("call", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("call", json!({})).await;
     let before = f.clock.now_ms();
     let (stop, first) = spawn(Worker::new(f.queue.clone(), fast()).register(
         "call",
@@ -241,12 +247,7 @@ async fn a_stored_retry_delay_survives_a_restart(engine: Engine) {
 
 async fn a_stale_lease_holders_outcome_is_rejected(engine: Engine) {
     let f = fixture(engine).await;
-    let id = f
-        .queue
-        .enqueue(NewJob::new("slow", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("slow", json!({})).await;
     let (a_started, a_release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let worker_a = Worker::new(f.queue.clone(), fast()).register("slow", one_at_a_time(), {
         let (started, release) = (a_started.clone(), a_release.clone());
@@ -347,12 +348,7 @@ async fn a_panicking_handler_is_retried(engine: Engine) {
             Outcome::Done
         },
     );
-    let id = f
-        .queue
-        .enqueue(NewJob::new("fragile", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("fragile", json!({})).await;
     let (stop, handle) = spawn(worker);
     wait_for_state(&f.queue, &id, "done").await;
     assert_eq!(job(&f.queue, &id).await.1, 2);
@@ -411,12 +407,7 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_rest(engine: Engine)
         }
     };
 
-    let id = f
-        .queue
-        .enqueue(NewJob::new("short", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("short", json!({})).await;
     let (stop, handle) = spawn(Worker::new(f.queue.clone(), fast()).register(
         "short",
         one_at_a_time(),
@@ -431,12 +422,7 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_rest(engine: Engine)
         "a running job finishes before the worker exits"
     );
 
-    let id = f
-        .queue
-        .enqueue(NewJob::new("long", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("long", json!({})).await;
     let options = WorkerOptions {
         shutdown_timeout: Duration::from_millis(100),
         ..fast()
@@ -556,12 +542,7 @@ async fn a_long_handler_keeps_its_lease(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         Outcome::Done
     });
-    let id = f
-        .queue
-        .enqueue(NewJob::new("long", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let id = f.enqueue("long", json!({})).await;
     let (stop, handle) = spawn(worker);
     wait_for_state(&f.queue, &id, "done").await;
     let (_, attempt, _, error) = job(&f.queue, &id).await;
@@ -587,18 +568,8 @@ async fn done_jobs_are_purged_after_the_retention_and_dead_ones_kept(engine: Eng
             }
         },
     );
-    let done = f
-        .queue
-        .enqueue(NewJob::new("once", json!({})))
-        .await
-        .unwrap()
-        .id;
-    let dead = f
-        .queue
-        .enqueue(NewJob::new("once", json!({"fail": true})))
-        .await
-        .unwrap()
-        .id;
+    let done = f.enqueue("once", json!({})).await;
+    let dead = f.enqueue("once", json!({"fail": true})).await;
     let (stop, handle) = spawn(worker);
     wait_for_state(&f.queue, &done, "done").await;
     wait_for_state(&f.queue, &dead, "dead").await;

@@ -86,6 +86,20 @@ mod row_level_security {
     use super::*;
     use sqlx::Connection as _;
 
+    /// A transaction with the RLS tenant set, as `Db::read` and `Db::write` open them.
+    async fn scoped_to<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        tenant: &str,
+    ) -> sqlx::Transaction<'c, sqlx::Postgres> {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT set_config('switchyard.tenant_id', $1, true)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+
     async fn as_app_role(srv: &TestServer) -> sqlx::PgConnection {
         sqlx::PgConnection::connect(srv.db.app_url.as_deref().unwrap())
             .await
@@ -106,12 +120,7 @@ mod row_level_security {
             .unwrap();
         assert_eq!(visible, 0);
 
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("SELECT set_config('switchyard.tenant_id', $1, true)")
-            .bind(&srv.tenant_id)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = scoped_to(&mut conn, &srv.tenant_id).await;
         let (visible,): (i64,) = sqlx::query_as("SELECT count(*) FROM api_keys")
             .fetch_one(&mut *tx)
             .await
@@ -130,12 +139,7 @@ mod row_level_security {
         let srv = TestServer::start_with(Engine::Postgres, &["--tenancy", "multi"]).await;
         let (other_tenant, _) = create_tenant(&srv, "other").await;
         let mut conn = as_app_role(&srv).await;
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("SELECT set_config('switchyard.tenant_id', $1, true)")
-            .bind(&srv.tenant_id)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = scoped_to(&mut conn, &srv.tenant_id).await;
         let err = sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, kind, scopes, prefix, secret_hash, created_at)
              VALUES ('key_x', $1, 'smuggled', 'admin', '', 'smuggled0000', 'x', 0)",
@@ -157,12 +161,7 @@ mod row_level_security {
         let srv = TestServer::start_with(Engine::Postgres, &["--tenancy", "multi"]).await;
         create_tenant(&srv, "other").await;
         let mut conn = as_app_role(&srv).await;
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("SELECT set_config('switchyard.tenant_id', $1, true)")
-            .bind(&srv.tenant_id)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = scoped_to(&mut conn, &srv.tenant_id).await;
         let tenants: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT tenant_id FROM api_keys")
             .fetch_all(&mut *tx)
             .await
