@@ -13,6 +13,7 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod outbound;
 pub mod queue;
 pub mod secrets;
 pub mod tenants;
