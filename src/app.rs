@@ -21,6 +21,7 @@ use crate::db::{Db, Dialect, TENANT_SETTING};
 use crate::http::ops::Metrics;
 use crate::http::rate_limit::RateLimits;
 use crate::keys::{self, IssuedKey, KeyKind, NewKey};
+use crate::outbound::{Guard, Outbound};
 use crate::secrets::{self, SecretBox};
 use crate::tenants::{self, Tenant};
 
@@ -31,6 +32,7 @@ use job_queue::{Queue, Worker, WorkerOptions};
 pub struct AppState {
     pub db: Db,
     pub queue: Queue,
+    pub outbound: Outbound,
     pub clock: Clock,
     pub secrets: SecretBox,
     pub config: Arc<Config>,
@@ -144,8 +146,13 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
             move || clock.now_ms()
         }),
     );
+    let outbound = Outbound::new(
+        Guard::new(config.outbound_allow.clone()),
+        Duration::from_secs(config.webhook_timeout_secs),
+    );
     let state = AppState {
         queue: queue.clone(),
+        outbound,
         db,
         clock,
         secrets,
@@ -169,7 +176,6 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         }
     });
 
-    // The worker has no job kinds of its own yet; it reaps expired leases and purges done jobs.
     let worker_options = WorkerOptions {
         shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
         retention: Duration::from_secs(state.config.job_retention_hours * 3600),
@@ -183,7 +189,9 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         ..WorkerOptions::default()
     };
     let mut worker_stopped = stopped.clone();
-    let worker = tokio::spawn(Worker::new(queue, worker_options).run(async move {
+    let worker = Worker::new(queue, worker_options);
+    let worker = crate::webhooks::delivery::register(worker, state.clone());
+    let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));
 

@@ -107,6 +107,34 @@ pub struct Config {
     )]
     pub job_retention_hours: u64,
 
+    /// Networks outbound requests may reach although they are not public, as comma-separated
+    /// CIDRs (e.g. `10.0.0.0/8,127.0.0.0/8`). Everything else internal is refused (SSRF guard).
+    #[arg(
+        long,
+        env = "SWITCHYARD_OUTBOUND_ALLOW",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub outbound_allow: Vec<ipnet::IpNet>,
+
+    /// Seconds an outbound request (a webhook delivery) may take.
+    #[arg(
+        long,
+        env = "SWITCHYARD_WEBHOOK_TIMEOUT_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub webhook_timeout_secs: u64,
+
+    /// Hours an endpoint may fail without a single success before it is disabled.
+    #[arg(
+        long,
+        env = "SWITCHYARD_WEBHOOK_DISABLE_AFTER_HOURS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub webhook_disable_after_hours: u64,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

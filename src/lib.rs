@@ -14,6 +14,8 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod outbound;
+pub mod outbox;
 pub mod queue;
 pub mod secrets;
 pub mod tenants;
+pub mod webhooks;

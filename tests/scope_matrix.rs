@@ -16,6 +16,8 @@ enum Needs {
     Nothing,
     AnyKey,
     Admin,
+    /// A scoped key holding this scope, or an admin key.
+    Scope(&'static str),
 }
 
 /// (method, documented path, who may call it, the answer to an allowed caller)
@@ -30,6 +32,44 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
     ("GET", "/v1/queue", Needs::Admin, 200),
     // No dead job has this id: an allowed caller reaches the handler and gets 404.
     ("POST", "/v1/queue/jobs/{id}/replay", Needs::Admin, 404),
+    ("POST", "/v1/webhooks", Needs::Scope("webhooks:write"), 201),
+    ("GET", "/v1/webhooks", Needs::Scope("webhooks:read"), 200),
+    (
+        "GET",
+        "/v1/webhooks/{id}",
+        Needs::Scope("webhooks:read"),
+        200,
+    ),
+    (
+        "PATCH",
+        "/v1/webhooks/{id}",
+        Needs::Scope("webhooks:write"),
+        200,
+    ),
+    (
+        "DELETE",
+        "/v1/webhooks/{id}",
+        Needs::Scope("webhooks:write"),
+        204,
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/pause",
+        Needs::Scope("webhooks:write"),
+        200,
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/resume",
+        Needs::Scope("webhooks:write"),
+        200,
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/rotate-secret",
+        Needs::Scope("webhooks:write"),
+        200,
+    ),
 ];
 
 enum Caller {
@@ -37,7 +77,7 @@ enum Caller {
     Malformed,
     Unknown,
     Revoked,
-    Scoped,
+    Scoped(&'static str),
     Partner,
     Admin,
 }
@@ -72,14 +112,44 @@ fn the_table_covers_every_documented_route() {
 }
 
 fn expected(needs: Needs, caller: &Caller, ok: u16) -> StatusCode {
-    let authenticated = matches!(caller, Caller::Scoped | Caller::Partner | Caller::Admin);
     let ok = StatusCode::from_u16(ok).unwrap();
-    match needs {
-        Needs::Nothing => ok,
-        _ if !authenticated => StatusCode::UNAUTHORIZED,
-        Needs::AnyKey => ok,
-        Needs::Admin if matches!(caller, Caller::Admin) => ok,
-        Needs::Admin => StatusCode::FORBIDDEN,
+    let authenticated = matches!(caller, Caller::Scoped(_) | Caller::Partner | Caller::Admin);
+    match (needs, caller) {
+        (Needs::Nothing, _) => ok,
+        (_, _) if !authenticated => StatusCode::UNAUTHORIZED,
+        (Needs::AnyKey, _) | (_, Caller::Admin) => ok,
+        (Needs::Scope(needed), Caller::Scoped(held)) if needed == *held => ok,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+/// A fresh object for a route's `{id}`, so every allowed call has something to act on.
+async fn target(srv: &TestServer, path: &str, n: usize) -> String {
+    if path.starts_with("/v1/queue/jobs/") {
+        "job_01J00000000000000000000000".to_owned()
+    } else if path.starts_with("/v1/webhooks/") {
+        let (_, endpoint) = srv
+            .post(
+                "/v1/webhooks",
+                &srv.admin_key,
+                json!({"url": format!("https://example.com/target/{n}")}),
+            )
+            .await;
+        endpoint["id"].as_str().unwrap().to_owned()
+    } else {
+        srv.mint(json!({"name": "victim", "scopes": ["events:write"]}))
+            .await
+            .0
+    }
+}
+
+fn body(method: &str, path: &str, n: usize) -> Option<Value> {
+    match (method, path) {
+        ("POST", "/v1/api-keys") => Some(json!({"name": "minted", "scopes": ["events:write"]})),
+        ("POST", "/v1/webhooks") => Some(json!({"url": format!("https://example.com/new/{n}")})),
+        ("PATCH", _) => Some(json!({"description": "changed"})),
+        ("POST", _) => Some(json!({})),
+        _ => None,
     }
 }
 
@@ -118,25 +188,24 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
     ];
     for scope in SCOPES {
         let (_, key) = srv.mint(json!({"name": scope, "scopes": [scope]})).await;
-        callers.push((format!("key with {scope}"), Caller::Scoped, Some(key)));
+        callers.push((
+            format!("key with {scope}"),
+            Caller::Scoped(scope),
+            Some(key),
+        ));
     }
 
     let mut mismatches = Vec::new();
+    let mut n = 0;
     for (method, path, needs, ok) in ROUTES {
         for (label, caller, key) in &callers {
-            // Each DELETE revokes a throwaway key, so an allowed call has something to revoke.
-            let path = if path.starts_with("/v1/queue/jobs/") {
-                path.replace("{id}", "job_01J00000000000000000000000")
-            } else if path.contains("{id}") {
-                let (victim, _) = srv
-                    .mint(json!({"name": "victim", "scopes": ["events:write"]}))
-                    .await;
-                path.replace("{id}", &victim)
+            n += 1;
+            let path = if path.contains("{id}") {
+                path.replace("{id}", &target(&srv, path, n).await)
             } else {
                 path.to_string()
             };
-            let body =
-                (*method == "POST").then(|| json!({"name": "minted", "scopes": ["events:write"]}));
+            let body = body(method, &path, n);
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let (status, answer) = srv
                 .call(method.clone(), &path, key.as_deref(), body.as_ref())

@@ -25,6 +25,7 @@ use crate::app::AppState;
     security(("bearer" = [])),
     tags(
         (name = "keys", description = "Who am I, and API keys"),
+        (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
 )]
@@ -53,6 +54,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::keys::routes::router())
         .merge(super::ops::router())
         .merge(crate::queue::router())
+        .merge(crate::webhooks::routes::router())
 }
 
 /// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::clock::{rfc3339, Clock};
-use crate::db::{Db, Tx, KEY_PREFIX_SETTING, TENANT_SETTING};
+use crate::db::{Db, Tx, KEY_PREFIX_SETTING};
 use crate::ids;
 
 pub use store::StoredKey;
@@ -283,15 +283,17 @@ pub async fn authenticate(
         return Ok(Err(Rejected::Revoked));
     }
     let now = clock.now_ms();
+    tx.commit().await?;
+    // The lookup was a read; the touch is a write transaction of its own, because upgrading a
+    // SQLite read transaction to a write fails at once if another writer committed meanwhile.
     if key
         .last_used_at
         .is_none_or(|at| now - at >= TOUCH_INTERVAL_MS)
     {
-        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id)
-            .await?;
+        let mut tx = db.write(&key.tenant_id).await?;
         store::touch(&mut tx, &key.id, now).await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(Ok(Principal {
         tenant_id: key.tenant_id,
         tenant_slug,

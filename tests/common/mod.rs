@@ -137,6 +137,8 @@ impl TestDb {
             ("--rate-limit-per-key", "10000".to_owned()),
             ("--rate-limit-per-ip", "10000".to_owned()),
             ("--listen", "127.0.0.1:0".to_owned()),
+            // Receivers in tests listen on loopback, which the SSRF guard refuses by default.
+            ("--outbound-allow", "127.0.0.0/8".to_owned()),
         ];
         if let Some(app_url) = &self.app_url {
             options.push(("--database-url-app", app_url.clone()));

@@ -1,0 +1,40 @@
+//! `emit`: the one way a slice announces that something happened.
+//!
+//! It writes the message and enqueues its dispatch job in the caller's transaction, so the
+//! announcement exists if and only if the change it announces commits. Dispatch then fans the
+//! message out to the tenant's webhook endpoints (see `webhooks::delivery`).
+
+use job_queue::{NewJob, Queue};
+use serde_json::{json, Value};
+
+use crate::clock::Clock;
+use crate::db::Tx;
+use crate::ids;
+
+/// Records `event_type` with `data` for `tenant_id` and schedules its fan-out. Returns the
+/// message id (`msg_...`), which receivers see as `webhook-id` and deduplicate on.
+pub async fn emit(
+    tx: &mut Tx,
+    queue: &Queue,
+    clock: &Clock,
+    tenant_id: &str,
+    event_type: &str,
+    data: Value,
+) -> anyhow::Result<String> {
+    let id = ids::new("msg");
+    sqlx::query("INSERT INTO messages (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(tenant_id)
+        .bind(event_type)
+        .bind(data.to_string())
+        .bind(clock.now_ms())
+        .execute(&mut **tx)
+        .await?;
+    let dispatch = NewJob::new(
+        crate::webhooks::delivery::DISPATCH,
+        json!({ "tenant_id": tenant_id, "message_id": id }),
+    )
+    .dedupe_key(format!("dispatch:{id}"));
+    queue.enqueue_in(tx, dispatch).await?;
+    Ok(id)
+}

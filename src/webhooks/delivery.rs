@@ -1,0 +1,310 @@
+//! The whole delivery path in one place: fan-out of a message to its endpoints, then for each
+//! delivery: sign, POST, record the attempt and the endpoint's counters, and decide what next.
+//!
+//! - 2xx succeeds. Anything else fails, 3xx included (redirects are never followed).
+//! - 410 Gone disables the endpoint at once: the receiver told us it is gone.
+//! - An endpoint that has failed without a single success for longer than the disable window
+//!   (`SWITCHYARD_WEBHOOK_DISABLE_AFTER_HOURS`) is disabled, with the reason on its record.
+//! - Retries follow the schedule 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (±20%) after the first,
+//!   immediate attempt; a `Retry-After` on 429/503 replaces the scheduled delay, within 1 s to
+//!   10 h. Delays are stored by the job queue, so they survive restarts. After the eighth attempt
+//!   the delivery is failed and its job dead (visible on `/v1/queue`).
+
+use std::time::{Duration, Instant};
+
+use job_queue::{Job, KindOptions, NewJob, Outcome, RetrySchedule, Worker};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::clock::rfc3339;
+use crate::ids;
+
+use super::{signing, store};
+
+pub const DISPATCH: &str = "webhooks.dispatch";
+pub const DELIVER: &str = "webhooks.deliver";
+/// The first attempt and seven retries.
+pub const MAX_ATTEMPTS: u32 = 8;
+const RETRY_DELAYS_SECS: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+const RETRY_AFTER_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(36_000));
+/// How much of a receiver's answer an attempt keeps.
+const RESPONSE_KEPT_BYTES: usize = 4096;
+
+/// Registers the dispatch and delivery handlers on `worker`.
+pub fn register(worker: Worker, state: AppState) -> Worker {
+    let dispatch_state = state.clone();
+    worker
+        .register(
+            DISPATCH,
+            KindOptions {
+                concurrency: 8,
+                ..KindOptions::default()
+            },
+            move |job| dispatch(dispatch_state.clone(), job),
+        )
+        .register(
+            DELIVER,
+            KindOptions {
+                concurrency: 32,
+                schedule: RetrySchedule::Fixed {
+                    delays: RETRY_DELAYS_SECS
+                        .iter()
+                        .map(|s| Duration::from_secs(*s))
+                        .collect(),
+                    jitter_percent: 20,
+                },
+                lease: Duration::from_secs(60),
+            },
+            move |job| deliver(state.clone(), job),
+        )
+}
+
+#[derive(Deserialize)]
+struct DispatchPayload {
+    tenant_id: String,
+    message_id: String,
+}
+
+#[derive(Deserialize)]
+struct DeliverPayload {
+    tenant_id: String,
+    delivery_id: String,
+}
+
+async fn dispatch(state: AppState, job: Job) -> Outcome {
+    let Ok(payload) = serde_json::from_value::<DispatchPayload>(job.payload) else {
+        return Outcome::Fail("malformed dispatch payload".to_owned());
+    };
+    match fan_out(&state, &payload).await {
+        Ok(()) => Outcome::Done,
+        Err(err) => Outcome::retry(format!("fan-out failed: {err:#}")),
+    }
+}
+
+/// One delivery (and its job) per subscribed endpoint. Running it again creates nothing twice:
+/// a delivery is unique per (message, endpoint) and its job per delivery.
+async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<()> {
+    let tenant = &payload.tenant_id;
+    let mut tx = state.db.write(tenant).await?;
+    let Some(message) = store::find_message(&mut tx, tenant, &payload.message_id).await? else {
+        anyhow::bail!("message {} not found", payload.message_id);
+    };
+    let now = state.clock.now_ms();
+    for endpoint in store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await? {
+        let delivery = ids::new("dlv");
+        if store::insert_delivery(&mut tx, &delivery, tenant, &message.id, &endpoint, now).await? {
+            let job = NewJob::new(
+                DELIVER,
+                json!({ "tenant_id": tenant, "delivery_id": delivery }),
+            )
+            .max_attempts(MAX_ATTEMPTS)
+            .dedupe_key(format!("deliver:{delivery}"));
+            state.queue.enqueue_in(&mut tx, job).await?;
+        }
+    }
+    tx.commit().await?;
+    state.queue.committed();
+    Ok(())
+}
+
+async fn deliver(state: AppState, job: Job) -> Outcome {
+    let Ok(payload) = serde_json::from_value::<DeliverPayload>(job.payload) else {
+        return Outcome::Fail("malformed delivery payload".to_owned());
+    };
+    match attempt(&state, &payload, job.attempt >= job.max_attempts).await {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::retry(format!("delivery could not be attempted: {err:#}")),
+    }
+}
+
+/// What the receiver (or the network) answered.
+struct Answer {
+    status: Option<u16>,
+    error_class: Option<&'static str>,
+    body: String,
+    retry_after: Option<Duration>,
+    latency: Duration,
+}
+
+async fn attempt(
+    state: &AppState,
+    payload: &DeliverPayload,
+    last_attempt: bool,
+) -> anyhow::Result<Outcome> {
+    let tenant = &payload.tenant_id;
+    let mut tx = state.db.read(tenant).await?;
+    let delivery = store::find_delivery(&mut tx, tenant, &payload.delivery_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("delivery {} not found", payload.delivery_id))?;
+    let endpoint = store::find_endpoint(&mut tx, tenant, &delivery.endpoint_id).await?;
+    let message = store::find_message(&mut tx, tenant, &delivery.message_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("message {} not found", delivery.message_id))?;
+    tx.commit().await?;
+    if delivery.status != "pending" {
+        return Ok(Outcome::Done);
+    }
+    let now = state.clock.now_ms();
+    let endpoint = match endpoint {
+        Some(endpoint) if endpoint.status == "enabled" => endpoint,
+        Some(endpoint) if endpoint.status == "paused" => {
+            return Ok(Outcome::retry_after(
+                Duration::from_secs(300),
+                "the endpoint is paused",
+            ));
+        }
+        _ => {
+            let mut tx = state.db.write(tenant).await?;
+            store::finish_attempt(&mut tx, tenant, &delivery.id, "failed", None, now).await?;
+            tx.commit().await?;
+            return Ok(Outcome::Done);
+        }
+    };
+
+    let body = json!({
+        "id": message.id,
+        "type": message.event_type,
+        "timestamp": rfc3339(message.created_at),
+        "data": serde_json::from_str::<serde_json::Value>(&message.payload)?,
+    })
+    .to_string();
+    let mut secrets = vec![state.secrets.open(&endpoint.secret)?];
+    if let (Some(previous), Some(until)) =
+        (&endpoint.previous_secret, endpoint.previous_secret_until)
+    {
+        if until > now {
+            secrets.push(state.secrets.open(previous)?);
+        }
+    }
+    let timestamp = now / 1000;
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let signature = signing::signature_header(&secrets, &message.id, timestamp, body.as_bytes())
+        .ok_or_else(|| anyhow::anyhow!("endpoint {} has a malformed secret", endpoint.id))?;
+    let answer = send(
+        state,
+        &endpoint.url,
+        &message.id,
+        timestamp,
+        &signature,
+        body,
+    )
+    .await;
+
+    let succeeded = answer.status.is_some_and(|s| (200..300).contains(&s));
+    let gone = answer.status == Some(410);
+    let status = answer.status.map(i64::from);
+    let mut tx = state.db.write(tenant).await?;
+    store::insert_attempt(
+        &mut tx,
+        &store::AttemptRecord {
+            id: &ids::new("att"),
+            tenant_id: tenant,
+            delivery_id: &delivery.id,
+            endpoint_id: &endpoint.id,
+            status_code: status,
+            error_class: answer.error_class,
+            latency_ms: answer.latency.as_millis() as i64,
+            response_body: &answer.body,
+            at: now,
+        },
+    )
+    .await?;
+    let outcome = if succeeded {
+        store::count_success(&mut tx, tenant, &endpoint.id, status, now).await?;
+        store::finish_attempt(&mut tx, tenant, &delivery.id, "succeeded", status, now).await?;
+        Outcome::Done
+    } else {
+        let window = Duration::from_secs(state.config.webhook_disable_after_hours * 3600);
+        let disabled = store::count_failure(
+            &mut tx,
+            tenant,
+            &endpoint.id,
+            status,
+            now,
+            now - window.as_millis() as i64,
+            gone.then_some("the receiver answered 410 Gone"),
+        )
+        .await?;
+        let failed = disabled || last_attempt;
+        let state_after = if failed { "failed" } else { "pending" };
+        store::finish_attempt(&mut tx, tenant, &delivery.id, state_after, status, now).await?;
+        let error = match (answer.status, answer.error_class) {
+            (Some(code), _) => format!("the receiver answered {code}"),
+            (None, Some(class)) => format!("{class}: {}", answer.body),
+            (None, None) => "no answer".to_owned(),
+        };
+        match (disabled, last_attempt, answer.retry_after) {
+            (true, _, _) => Outcome::Done,
+            (false, true, _) => Outcome::Fail(error),
+            (false, false, Some(after)) => Outcome::retry_after(after, error),
+            (false, false, None) => Outcome::retry(error),
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn send(
+    state: &AppState,
+    url: &str,
+    message_id: &str,
+    timestamp: i64,
+    signature: &str,
+    body: String,
+) -> Answer {
+    let started = Instant::now();
+    let failed = |class: &'static str, detail: String, started: Instant| Answer {
+        status: None,
+        error_class: Some(class),
+        body: truncate(detail),
+        retry_after: None,
+        latency: started.elapsed(),
+    };
+    let request = match state.outbound.request(reqwest::Method::POST, url) {
+        Ok(request) => request
+            .header("content-type", "application/json")
+            .header("webhook-id", message_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body),
+        Err(err) => return failed(err.class.as_str(), err.detail, started),
+    };
+    let mut response = match state.outbound.send(request).await {
+        Ok(response) => response,
+        Err(err) => return failed(err.class.as_str(), err.detail, started),
+    };
+    let status = response.status().as_u16();
+    let retry_after = matches!(status, 429 | 503)
+        .then(|| response.headers().get(reqwest::header::RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).clamp(RETRY_AFTER_BOUNDS.0, RETRY_AFTER_BOUNDS.1));
+    let mut kept = Vec::new();
+    while kept.len() < RESPONSE_KEPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    kept.truncate(RESPONSE_KEPT_BYTES);
+    Answer {
+        status: Some(status),
+        error_class: None,
+        body: String::from_utf8_lossy(&kept).into_owned(),
+        retry_after,
+        latency: started.elapsed(),
+    }
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > RESPONSE_KEPT_BYTES {
+        let mut end = RESPONSE_KEPT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

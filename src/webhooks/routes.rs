@@ -1,0 +1,434 @@
+//! `/v1/webhooks`: the REST-hooks subscription API that Zapier, ActivePieces and n8n use.
+//!
+//! Subscribing returns the id the platform later DELETEs and the signing secret, once.
+//! Platforms re-subscribe freely: creating an endpoint with the URL and event types of a live
+//! one returns that endpoint (200) instead of a duplicate. `GET /v1/webhooks?url=` finds one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::clock::rfc3339;
+use crate::http::error::{Error, FieldError, Problem, Result};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{List, Page};
+use crate::ids;
+use crate::keys::{Principal, Scope};
+
+use super::store::{self, StoredEndpoint};
+use super::{event_type_names, is_event_type, join_types, signing, split_types};
+
+/// How long the previous secret keeps signing after a rotation, so receivers can switch over.
+const ROTATION_GRACE_MS: i64 = 24 * 3600 * 1000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_endpoint, list_endpoints))
+        .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
+        .routes(routes!(pause_endpoint))
+        .routes(routes!(resume_endpoint))
+        .routes(routes!(rotate_secret))
+}
+
+/// A webhook endpoint and its delivery counters.
+#[derive(Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    /// Event types delivered to it; empty means every type.
+    pub event_types: Vec<String>,
+    /// `enabled`, `paused` or `disabled` (see `disabled_reason`).
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub success_count: i64,
+    pub failure_count: i64,
+    pub consecutive_failures: i64,
+    /// HTTP status of the last attempt (null when it got no answer).
+    pub last_status: Option<i64>,
+    pub last_attempt_at: Option<String>,
+    pub last_success_at: Option<String>,
+    pub created_at: String,
+}
+
+impl From<StoredEndpoint> for Endpoint {
+    fn from(e: StoredEndpoint) -> Self {
+        Endpoint {
+            event_types: split_types(&e.event_types),
+            last_attempt_at: e.last_attempt_at.map(rfc3339),
+            last_success_at: e.last_success_at.map(rfc3339),
+            created_at: rfc3339(e.created_at),
+            id: e.id,
+            url: e.url,
+            description: e.description,
+            status: e.status,
+            disabled_reason: e.disabled_reason,
+            success_count: e.success_count,
+            failure_count: e.failure_count,
+            consecutive_failures: e.consecutive_failures,
+            last_status: e.last_status,
+        }
+    }
+}
+
+/// An endpoint with its signing secret, shown when it is created or rotated.
+#[derive(Serialize, ToSchema)]
+pub struct EndpointWithSecret {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// `whsec_...`: verify `webhook-signature` with it (Standard Webhooks). Not shown again.
+    pub secret: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateEndpoint {
+    /// Where deliveries are POSTed (http or https).
+    pub url: String,
+    /// Event types to deliver; omit or leave empty for every type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+fn check_url(url: &str, errors: &mut Vec<FieldError>) {
+    match url::Url::parse(url) {
+        Ok(parsed)
+            if matches!(parsed.scheme(), "http" | "https")
+                && parsed.host().is_some()
+                && url.len() <= 2048 => {}
+        _ => errors.push(FieldError::new(
+            "url",
+            "must be an absolute http or https URL of at most 2048 characters",
+        )),
+    }
+}
+
+fn check_types(types: &[String], errors: &mut Vec<FieldError>) {
+    for name in types.iter().filter(|t| !is_event_type(t)) {
+        errors.push(FieldError::new(
+            "event_types",
+            format!(
+                "unknown event type {name:?}; valid types: {}",
+                event_type_names()
+            ),
+        ));
+    }
+}
+
+fn check_description(description: &str, errors: &mut Vec<FieldError>) {
+    if description.chars().count() > 500 {
+        errors.push(FieldError::new(
+            "description",
+            "must be at most 500 characters",
+        ));
+    }
+}
+
+fn validated(errors: Vec<FieldError>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Validation(errors))
+    }
+}
+
+/// Subscribe an endpoint (`webhooks:write`). Returns 201 with the secret, or 200 with the live
+/// endpoint that already has this URL and these event types.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateEndpoint,
+    responses(
+        (status = 201, body = EndpointWithSecret),
+        (status = 200, body = Endpoint, description = "Already subscribed"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(body): Json<CreateEndpoint>,
+) -> Result<axum::response::Response> {
+    principal.require(Scope::WebhooksWrite)?;
+    let mut errors = Vec::new();
+    check_url(&body.url, &mut errors);
+    check_types(&body.event_types, &mut errors);
+    check_description(&body.description, &mut errors);
+    validated(errors)?;
+    let tenant = &principal.tenant_id;
+    let event_types = join_types(&body.event_types);
+    let mut tx = state.db.write(tenant).await?;
+    if let Some(existing) =
+        store::find_subscription(&mut tx, tenant, &body.url, &event_types).await?
+    {
+        tx.commit().await?;
+        return Ok((StatusCode::OK, axum::Json(Endpoint::from(existing))).into_response());
+    }
+    let secret = signing::generate_secret();
+    let endpoint = StoredEndpoint {
+        id: ids::new("ep"),
+        tenant_id: tenant.clone(),
+        url: body.url,
+        description: body.description,
+        event_types,
+        secret: state.secrets.seal(&secret),
+        previous_secret: None,
+        previous_secret_until: None,
+        status: "enabled".to_owned(),
+        disabled_reason: None,
+        success_count: 0,
+        failure_count: 0,
+        consecutive_failures: 0,
+        failing_since: None,
+        last_status: None,
+        last_attempt_at: None,
+        last_success_at: None,
+        created_at: state.clock.now_ms(),
+    };
+    store::insert_endpoint(&mut tx, &endpoint).await?;
+    tx.commit().await?;
+    let created = EndpointWithSecret {
+        endpoint: endpoint.into(),
+        secret,
+    };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListEndpoints {
+    /// Only endpoints with exactly this URL (find a subscription).
+    pub url: Option<String>,
+    /// Page size, 1 to 200 (default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List endpoints, newest first (`webhooks:read`).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListEndpoints),
+    responses(
+        (status = 200, body = List<Endpoint>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_endpoints(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListEndpoints>,
+) -> Result<axum::Json<List<Endpoint>>> {
+    principal.require(Scope::WebhooksRead)?;
+    let page = Page::new(query.limit, query.cursor.as_deref())?;
+    let tenant = &principal.tenant_id;
+    let mut tx = state.db.read(tenant).await?;
+    let rows = store::list_endpoints(&mut tx, tenant, query.url.as_deref(), &page).await?;
+    tx.commit().await?;
+    let list = page.finish(rows, |e| (e.created_at, &e.id));
+    Ok(axum::Json(List {
+        data: list.data.into_iter().map(Endpoint::from).collect(),
+        next_cursor: list.next_cursor,
+    }))
+}
+
+async fn load(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<(crate::db::Tx, StoredEndpoint)> {
+    let tenant = &principal.tenant_id;
+    let mut tx = state.db.write(tenant).await?;
+    let endpoint = store::find_endpoint(&mut tx, tenant, id)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint"))?;
+    Ok((tx, endpoint))
+}
+
+/// Get an endpoint and its counters (`webhooks:read`).
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 200, body = Endpoint),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>> {
+    principal.require(Scope::WebhooksRead)?;
+    let tenant = &principal.tenant_id;
+    let mut tx = state.db.read(tenant).await?;
+    let endpoint = store::find_endpoint(&mut tx, tenant, &id)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint"))?;
+    tx.commit().await?;
+    Ok(axum::Json(endpoint.into()))
+}
+
+/// Change an endpoint's URL, event types or description (`webhooks:write`).
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 200, body = Endpoint),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn update_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateEndpoint>,
+) -> Result<axum::Json<Endpoint>> {
+    principal.require(Scope::WebhooksWrite)?;
+    let mut errors = Vec::new();
+    if let Some(url) = &body.url {
+        check_url(url, &mut errors);
+    }
+    if let Some(types) = &body.event_types {
+        check_types(types, &mut errors);
+    }
+    if let Some(description) = &body.description {
+        check_description(description, &mut errors);
+    }
+    validated(errors)?;
+    let (mut tx, mut endpoint) = load(&state, &principal, &id).await?;
+    if let Some(url) = body.url {
+        endpoint.url = url;
+    }
+    if let Some(types) = body.event_types {
+        endpoint.event_types = join_types(&types);
+    }
+    if let Some(description) = body.description {
+        endpoint.description = description;
+    }
+    store::update_endpoint(&mut tx, &endpoint, state.clock.now_ms()).await?;
+    tx.commit().await?;
+    Ok(axum::Json(endpoint.into()))
+}
+
+/// Unsubscribe: delete an endpoint (`webhooks:write`). Its delivery history is kept.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    principal.require(Scope::WebhooksWrite)?;
+    let tenant = &principal.tenant_id;
+    let mut tx = state.db.write(tenant).await?;
+    let deleted = store::delete_endpoint(&mut tx, tenant, &id, state.clock.now_ms()).await?;
+    tx.commit().await?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found("webhook endpoint"))
+    }
+}
+
+async fn set_status(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    status: &str,
+) -> Result<axum::Json<Endpoint>> {
+    principal.require(Scope::WebhooksWrite)?;
+    let (mut tx, mut endpoint) = load(state, principal, id).await?;
+    endpoint.status = status.to_owned();
+    if status == "enabled" {
+        endpoint.disabled_reason = None;
+        endpoint.consecutive_failures = 0;
+        endpoint.failing_since = None;
+    }
+    store::update_endpoint(&mut tx, &endpoint, state.clock.now_ms()).await?;
+    tx.commit().await?;
+    Ok(axum::Json(endpoint.into()))
+}
+
+/// Pause deliveries to an endpoint (`webhooks:write`). Pending deliveries wait, none is dropped.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/pause", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 200, body = Endpoint),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn pause_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>> {
+    set_status(&state, &principal, &id, "paused").await
+}
+
+/// Resume a paused or disabled endpoint (`webhooks:write`); clears its failure streak.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/resume", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 200, body = Endpoint),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn resume_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>> {
+    set_status(&state, &principal, &id, "enabled").await
+}
+
+/// Rotate the signing secret (`webhooks:write`). For 24 hours deliveries carry signatures with
+/// both the new and the previous secret, so receivers can switch without losing any.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
+    responses(
+        (status = 200, body = EndpointWithSecret),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EndpointWithSecret>> {
+    principal.require(Scope::WebhooksWrite)?;
+    let (mut tx, mut endpoint) = load(&state, &principal, &id).await?;
+    let now = state.clock.now_ms();
+    let secret = signing::generate_secret();
+    endpoint.previous_secret = Some(std::mem::replace(
+        &mut endpoint.secret,
+        state.secrets.seal(&secret),
+    ));
+    endpoint.previous_secret_until = Some(now + ROTATION_GRACE_MS);
+    store::update_endpoint(&mut tx, &endpoint, now).await?;
+    tx.commit().await?;
+    Ok(axum::Json(EndpointWithSecret {
+        endpoint: endpoint.into(),
+        secret,
+    }))
+}

@@ -1,0 +1,348 @@
+//! SQL for webhook endpoints, messages, deliveries and attempts.
+
+use crate::db::Tx;
+use crate::http::pagination::Page;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredEndpoint {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: String,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub success_count: i64,
+    pub failure_count: i64,
+    pub consecutive_failures: i64,
+    pub failing_since: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, secret, previous_secret, \
+     previous_secret_until, status, disabled_reason, success_count, failure_count, \
+     consecutive_failures, failing_since, last_status, last_attempt_at, last_success_at, created_at";
+
+pub async fn insert_endpoint(tx: &mut Tx, e: &StoredEndpoint) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret,
+             status, success_count, failure_count, consecutive_failures, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'enabled', 0, 0, 0, $7, $7)",
+    )
+    .bind(&e.id)
+    .bind(&e.tenant_id)
+    .bind(&e.url)
+    .bind(&e.description)
+    .bind(&e.event_types)
+    .bind(&e.secret)
+    .bind(e.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_endpoint(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<StoredEndpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+         WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// The live endpoint with exactly this URL and event-type filter, if any (re-subscriptions).
+pub async fn find_subscription(
+    tx: &mut Tx,
+    tenant_id: &str,
+    url: &str,
+    event_types: &str,
+) -> sqlx::Result<Option<StoredEndpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+         WHERE tenant_id = $1 AND url = $2 AND event_types = $3 AND deleted_at IS NULL
+         ORDER BY created_at DESC, id DESC LIMIT 1"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(url)
+        .bind(event_types)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// A page of live endpoints, newest first; with `url`, only endpoints with that URL.
+pub async fn list_endpoints(
+    tx: &mut Tx,
+    tenant_id: &str,
+    url: Option<&str>,
+    page: &Page,
+) -> sqlx::Result<Vec<StoredEndpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+         WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2 = '' OR url = $2)
+           AND (created_at < $3 OR (created_at = $3 AND id < $4))
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(url.unwrap_or_default())
+        .bind(page.after.0)
+        .bind(&page.after.1)
+        .bind(page.fetch())
+        .fetch_all(&mut **tx)
+        .await
+}
+
+pub async fn update_endpoint(tx: &mut Tx, e: &StoredEndpoint, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3,
+             status = $4, disabled_reason = $5, consecutive_failures = $6, failing_since = $7,
+             secret = $8, previous_secret = $9, previous_secret_until = $10, updated_at = $11
+         WHERE tenant_id = $12 AND id = $13",
+    )
+    .bind(&e.url)
+    .bind(&e.description)
+    .bind(&e.event_types)
+    .bind(&e.status)
+    .bind(&e.disabled_reason)
+    .bind(e.consecutive_failures)
+    .bind(e.failing_since)
+    .bind(&e.secret)
+    .bind(&e.previous_secret)
+    .bind(e.previous_secret_until)
+    .bind(now)
+    .bind(&e.tenant_id)
+    .bind(&e.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_endpoint(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let deleted = sqlx::query(
+        "UPDATE webhook_endpoints SET deleted_at = $1, updated_at = $1
+         WHERE tenant_id = $2 AND id = $3 AND deleted_at IS NULL",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredMessage {
+    pub id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+pub async fn find_message(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<StoredMessage>> {
+    sqlx::query_as(
+        "SELECT id, event_type, payload, created_at FROM messages WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Enabled endpoints whose filter takes `event_type` (an empty filter takes every type).
+pub async fn subscribed_endpoints(
+    tx: &mut Tx,
+    tenant_id: &str,
+    event_type: &str,
+) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM webhook_endpoints
+         WHERE tenant_id = $1 AND status = 'enabled' AND deleted_at IS NULL
+           AND (event_types = '' OR (' ' || event_types || ' ') LIKE ('% ' || $2 || ' %'))
+         ORDER BY id",
+    )
+    .bind(tenant_id)
+    .bind(event_type)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Creates the delivery of a message to an endpoint unless it exists; returns its id when new.
+pub async fn insert_delivery(
+    tx: &mut Tx,
+    id: &str,
+    tenant_id: &str,
+    message_id: &str,
+    endpoint_id: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)
+         ON CONFLICT (message_id, endpoint_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(message_id)
+    .bind(endpoint_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredDelivery {
+    pub id: String,
+    pub message_id: String,
+    pub endpoint_id: String,
+    pub status: String,
+}
+
+pub async fn find_delivery(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<StoredDelivery>> {
+    sqlx::query_as(
+        "SELECT id, message_id, endpoint_id, status FROM deliveries WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// One attempt's result, as recorded.
+pub struct AttemptRecord<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub delivery_id: &'a str,
+    pub endpoint_id: &'a str,
+    pub status_code: Option<i64>,
+    pub error_class: Option<&'a str>,
+    pub latency_ms: i64,
+    pub response_body: &'a str,
+    pub at: i64,
+}
+
+pub async fn insert_attempt(tx: &mut Tx, a: &AttemptRecord<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, tenant_id, delivery_id, endpoint_id, status_code, error_class,
+             latency_ms, response_body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(a.id)
+    .bind(a.tenant_id)
+    .bind(a.delivery_id)
+    .bind(a.endpoint_id)
+    .bind(a.status_code)
+    .bind(a.error_class)
+    .bind(a.latency_ms)
+    .bind(a.response_body)
+    .bind(a.at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn finish_attempt(
+    tx: &mut Tx,
+    tenant_id: &str,
+    delivery_id: &str,
+    status: &str,
+    last_status: Option<i64>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET status = $1, attempts = attempts + 1, last_status = $2, updated_at = $3
+         WHERE tenant_id = $4 AND id = $5",
+    )
+    .bind(status)
+    .bind(last_status)
+    .bind(now)
+    .bind(tenant_id)
+    .bind(delivery_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Counts a success on the endpoint and clears its failure streak.
+pub async fn count_success(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoint_id: &str,
+    status: Option<i64>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET success_count = success_count + 1, consecutive_failures = 0,
+             failing_since = NULL, last_status = $1, last_attempt_at = $2, last_success_at = $2, updated_at = $2
+         WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(status)
+    .bind(now)
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Counts a failure; disables the endpoint with `disable_reason` when given, or when it has been
+/// failing without a success since before `failing_cutoff`. Returns whether it is now disabled.
+pub async fn count_failure(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoint_id: &str,
+    status: Option<i64>,
+    now: i64,
+    failing_cutoff: i64,
+    disable_reason: Option<&str>,
+) -> sqlx::Result<bool> {
+    let (state,): (String,) = sqlx::query_as(
+        "UPDATE webhook_endpoints SET failure_count = failure_count + 1,
+             consecutive_failures = consecutive_failures + 1,
+             failing_since = COALESCE(failing_since, $1), last_status = $2, last_attempt_at = $1, updated_at = $1,
+             status = CASE WHEN $3 <> '' OR COALESCE(failing_since, $1) < $4 THEN 'disabled' ELSE status END,
+             disabled_reason = CASE
+                 WHEN $3 <> '' THEN $3
+                 WHEN COALESCE(failing_since, $1) < $4 THEN 'failing continuously since an attempt older than the disable window'
+                 ELSE disabled_reason END
+         WHERE tenant_id = $5 AND id = $6
+         RETURNING status",
+    )
+    .bind(now)
+    .bind(status)
+    .bind(disable_reason.unwrap_or_default())
+    .bind(failing_cutoff)
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(state == "disabled")
+}

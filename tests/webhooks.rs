@@ -1,0 +1,481 @@
+//! Webhook endpoints and signed deliveries, on both engines, against a real local receiver.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::{assert_problem, Engine, TestServer};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+on_both_engines!(
+    platforms_subscribe_find_resubscribe_and_unsubscribe,
+    a_message_reaches_every_subscribed_endpoint_signed,
+    a_failed_delivery_retries_on_the_stored_schedule,
+    retry_after_and_410_are_honoured,
+    internal_addresses_are_refused_at_delivery,
+    invalid_subscriptions_get_field_errors,
+);
+
+/// A request the receiver got.
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A queued answer: status and extra headers.
+type Answer = (u16, Vec<(&'static str, &'static str)>);
+
+/// A local HTTP receiver: answers with the queued responses (200 when none is queued) and
+/// reports every request it gets.
+struct Receiver {
+    url: String,
+    answers: Arc<Mutex<VecDeque<Answer>>>,
+    received: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let answers: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
+        let (tx, received) = mpsc::unbounded_channel();
+        let queued = answers.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let queued = queued.clone();
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(Received { headers, body });
+                    let (status, headers) = queued
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or((200, Vec::new()));
+                    let mut response =
+                        (StatusCode::from_u16(status).unwrap(), "thanks").into_response();
+                    for (name, value) in headers {
+                        response.headers_mut().insert(name, value.parse().unwrap());
+                    }
+                    response
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver {
+            url,
+            answers,
+            received,
+        }
+    }
+
+    fn answer(&self, status: u16, headers: Vec<(&'static str, &'static str)>) {
+        self.answers.lock().unwrap().push_back((status, headers));
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
+            .await
+            .expect("a delivery arrives")
+            .unwrap()
+    }
+}
+
+async fn subscribe(srv: &TestServer, url: &str, types: Value) -> Value {
+    let (status, endpoint) = srv
+        .post(
+            "/v1/webhooks",
+            &srv.admin_key,
+            json!({"url": url, "event_types": types, "description": "test"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+    endpoint
+}
+
+async fn emit(srv: &TestServer, event_type: &str, data: Value) -> String {
+    let state = &srv.running.as_ref().unwrap().state;
+    let mut tx = state.db.write(&srv.tenant_id).await.unwrap();
+    let id = switchyard::outbox::emit(
+        &mut tx,
+        &state.queue,
+        &state.clock,
+        &srv.tenant_id,
+        event_type,
+        data,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    state.queue.committed();
+    id
+}
+
+/// (delivery status, attempts) of the delivery of `message` to `endpoint`, once it exists.
+async fn delivery(srv: &TestServer, message: &str, endpoint: &str) -> Option<(String, i64)> {
+    let state = &srv.running.as_ref().unwrap().state;
+    let mut tx = state.db.read(&srv.tenant_id).await.unwrap();
+    let row = sqlx::query_as(
+        "SELECT status, attempts FROM deliveries WHERE message_id = $1 AND endpoint_id = $2",
+    )
+    .bind(message)
+    .bind(endpoint)
+    .fetch_optional(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    row
+}
+
+async fn wait_for_delivery(
+    srv: &TestServer,
+    message: &str,
+    endpoint: &str,
+    status: &str,
+    attempts: i64,
+) {
+    for _ in 0..500 {
+        if delivery(srv, message, endpoint).await == Some((status.to_owned(), attempts)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "delivery never reached {status}/{attempts}: {:?}",
+        delivery(srv, message, endpoint).await
+    );
+}
+
+/// When the waiting delivery job will run next (Unix ms), once its retry is recorded.
+async fn next_run(srv: &TestServer) -> i64 {
+    let state = &srv.running.as_ref().unwrap().state;
+    for _ in 0..500 {
+        let waiting: Option<(i64,)> = sqlx::query_as(
+            "SELECT run_at FROM jobs WHERE kind = 'webhooks.deliver' AND state = 'available'",
+        )
+        .fetch_optional(state.queue.pool())
+        .await
+        .unwrap();
+        if let Some((run_at,)) = waiting {
+            return run_at;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no delivery job is waiting for a retry");
+}
+
+/// Verifies a delivery with the reference Standard Webhooks library (PyPI `standardwebhooks`).
+/// CI installs it and sets SWITCHYARD_TEST_REFERENCE_VERIFIER=1, which makes it mandatory.
+fn verify_with_reference_library(secret: &str, received: &Received) -> bool {
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+request = json.load(sys.stdin)
+Webhook(request["secret"]).verify(request["body"], request["headers"])
+"#;
+    let header = |name: &str| received.headers[name].to_str().unwrap().to_owned();
+    let input = json!({
+        "secret": secret,
+        "body": String::from_utf8(received.body.to_vec()).unwrap(),
+        "headers": {
+            "webhook-id": header("webhook-id"),
+            "webhook-timestamp": header("webhook-timestamp"),
+            "webhook-signature": header("webhook-signature"),
+        },
+    });
+    let mut child = match std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) => return false,
+    };
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No module named 'standardwebhooks'") {
+        assert!(
+            std::env::var("SWITCHYARD_TEST_REFERENCE_VERIFIER").is_err(),
+            "the reference verifier is required here: pip install standardwebhooks"
+        );
+        return false;
+    }
+    assert!(
+        output.status.success(),
+        "the reference library rejected the delivery: {stderr}"
+    );
+    true
+}
+
+async fn platforms_subscribe_find_resubscribe_and_unsubscribe(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, zapier) = srv
+        .mint(json!({"name": "Zapier", "scopes": ["webhooks:read", "webhooks:write"]}))
+        .await;
+    let url = "https://hooks.zapier.example/catch/123";
+    let body = json!({"url": url, "event_types": ["commission.accrued", "partner.created"]});
+    let (status, created) = srv.post("/v1/webhooks", &zapier, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(
+        created["event_types"],
+        json!(["commission.accrued", "partner.created"])
+    );
+    assert_eq!(created["status"], "enabled");
+
+    // Re-subscribing (types in another order) returns the same endpoint, without the secret.
+    let reordered = json!({"url": url, "event_types": ["partner.created", "commission.accrued"]});
+    let (status, again) = srv.post("/v1/webhooks", &zapier, reordered).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], created["id"]);
+    assert!(again.get("secret").is_none());
+
+    let (_, found) = srv.get(&format!("/v1/webhooks?url={url}"), &zapier).await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], created["id"]);
+
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = srv.delete(&format!("/v1/webhooks/{id}"), &zapier).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_problem(
+        &srv.get(&format!("/v1/webhooks/{id}"), &zapier).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (_, gone) = srv.get(&format!("/v1/webhooks?url={url}"), &zapier).await;
+    assert_eq!(gone["data"], json!([]));
+    let (status, fresh) = srv.post("/v1/webhooks", &zapier, body).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "after unsubscribing, subscribing creates anew"
+    );
+    assert_ne!(fresh["id"], created["id"]);
+    srv.stop().await;
+}
+
+async fn a_message_reaches_every_subscribed_endpoint_signed(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (mut accrued, mut everything, mut other) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let accrued_ep = subscribe(&srv, &accrued.url, json!(["commission.accrued"])).await;
+    let everything_ep = subscribe(&srv, &everything.url, json!([])).await;
+    subscribe(&srv, &other.url, json!(["payout.paid"])).await;
+
+    let message = emit(
+        &srv,
+        "commission.accrued",
+        json!({"commission_id": "com_1", "amount": 1250, "currency": "EUR"}),
+    )
+    .await;
+    for (receiver, endpoint) in [
+        (&mut accrued, &accrued_ep),
+        (&mut everything, &everything_ep),
+    ] {
+        let got = receiver.next().await;
+        assert_eq!(got.headers["webhook-id"], message.as_str());
+        assert_eq!(got.headers["content-type"], "application/json");
+        let envelope: Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(envelope["id"], message.as_str());
+        assert_eq!(envelope["type"], "commission.accrued");
+        assert_eq!(envelope["data"]["amount"], 1250);
+        assert!(envelope["timestamp"].as_str().unwrap().ends_with('Z'));
+
+        let secret = endpoint["secret"].as_str().unwrap();
+        let timestamp: i64 = got.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let expected =
+            switchyard::webhooks::signing::sign(secret, &message, timestamp, &got.body).unwrap();
+        assert_eq!(got.headers["webhook-signature"], expected.as_str());
+        verify_with_reference_library(secret, &got);
+
+        let id = endpoint["id"].as_str().unwrap();
+        wait_for_delivery(&srv, &message, id, "succeeded", 1).await;
+        let (_, counters) = srv.get(&format!("/v1/webhooks/{id}"), &srv.admin_key).await;
+        assert_eq!(
+            (
+                counters["success_count"].as_i64(),
+                counters["last_status"].as_i64()
+            ),
+            (Some(1), Some(200))
+        );
+        assert!(counters["last_success_at"].is_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        other.received.try_recv().is_err(),
+        "an endpoint not subscribed to the type gets nothing"
+    );
+    srv.stop().await;
+}
+
+async fn a_failed_delivery_retries_on_the_stored_schedule(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer(500, Vec::new());
+    let endpoint = subscribe(&srv, &receiver.url, json!([])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let before = srv.clock.now_ms();
+    let message = emit(&srv, "partner.created", json!({"partner_id": "ptr_1"})).await;
+    receiver.next().await;
+    wait_for_delivery(&srv, &message, id, "pending", 1).await;
+    let delay = next_run(&srv).await - before;
+    assert!(
+        (4_000..=6_500).contains(&delay),
+        "first retry after 5 s ± 20%: {delay} ms"
+    );
+    let (_, counters) = srv.get(&format!("/v1/webhooks/{id}"), &srv.admin_key).await;
+    assert_eq!(
+        (
+            counters["failure_count"].as_i64(),
+            counters["consecutive_failures"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    srv.clock.advance(Duration::from_secs(7));
+    let retried = receiver.next().await;
+    assert_eq!(
+        retried.headers["webhook-id"],
+        message.as_str(),
+        "the same message id on every attempt"
+    );
+    wait_for_delivery(&srv, &message, id, "succeeded", 2).await;
+    let (_, counters) = srv.get(&format!("/v1/webhooks/{id}"), &srv.admin_key).await;
+    assert_eq!(counters["consecutive_failures"], 0);
+    srv.stop().await;
+}
+
+async fn retry_after_and_410_are_honoured(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut busy = Receiver::start().await;
+    busy.answer(429, vec![("retry-after", "120")]);
+    let busy_ep = subscribe(&srv, &busy.url, json!(["partner.created"])).await;
+    let before = srv.clock.now_ms();
+    let message = emit(&srv, "partner.created", json!({})).await;
+    busy.next().await;
+    wait_for_delivery(
+        &srv,
+        &message,
+        busy_ep["id"].as_str().unwrap(),
+        "pending",
+        1,
+    )
+    .await;
+    let delay = next_run(&srv).await - before;
+    assert!(
+        (120_000..=121_500).contains(&delay),
+        "Retry-After: 120 replaces the schedule: {delay} ms"
+    );
+
+    let mut gone = Receiver::start().await;
+    gone.answer(410, Vec::new());
+    let gone_ep = subscribe(&srv, &gone.url, json!(["payout.paid"])).await;
+    let gone_id = gone_ep["id"].as_str().unwrap();
+    let message = emit(&srv, "payout.paid", json!({})).await;
+    gone.next().await;
+    wait_for_delivery(&srv, &message, gone_id, "failed", 1).await;
+    let (_, endpoint) = srv
+        .get(&format!("/v1/webhooks/{gone_id}"), &srv.admin_key)
+        .await;
+    assert_eq!(endpoint["status"], "disabled");
+    assert!(endpoint["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("410"));
+
+    let (status, resumed) = srv
+        .post(
+            &format!("/v1/webhooks/{gone_id}/resume"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, resumed["status"].as_str()),
+        (StatusCode::OK, Some("enabled"))
+    );
+    srv.stop().await;
+}
+
+async fn internal_addresses_are_refused_at_delivery(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let receiver = Receiver::start().await;
+    let port = receiver
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let endpoint = subscribe(&srv, &format!("http://[::1]:{port}/hook"), json!([])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let message = emit(&srv, "partner.created", json!({})).await;
+    wait_for_delivery(&srv, &message, id, "pending", 1).await;
+    let state = &srv.running.as_ref().unwrap().state;
+    let mut tx = state.db.read(&srv.tenant_id).await.unwrap();
+    let (class, code): (Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT error_class, status_code FROM delivery_attempts WHERE endpoint_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((class.as_deref(), code), (Some("ssrf_blocked"), None));
+    srv.stop().await;
+}
+
+async fn invalid_subscriptions_get_field_errors(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    for (body, field) in [
+        (json!({"url": "not a url"}), "url"),
+        (json!({"url": "ftp://example.com/x"}), "url"),
+        (
+            json!({"url": "https://example.com", "event_types": ["commission.exploded"]}),
+            "event_types",
+        ),
+    ] {
+        let response = srv.post("/v1/webhooks", &srv.admin_key, body).await;
+        let problem = assert_problem(
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(problem["errors"][0]["field"], field);
+    }
+    let (_, reader) = srv
+        .mint(json!({"name": "r", "scopes": ["webhooks:read"]}))
+        .await;
+    let response = srv
+        .post(
+            "/v1/webhooks",
+            &reader,
+            json!({"url": "https://example.com"}),
+        )
+        .await;
+    assert_problem(&response, StatusCode::FORBIDDEN, "forbidden_scope");
+    srv.stop().await;
+}
