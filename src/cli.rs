@@ -140,6 +140,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let public_url = config.public_url();
+    let stop = app::shutdown_signal();
     let running = app::start(config, Clock::default(), listener).await?;
     if let Some(FirstStart { tenant, key }) = &running.first_start {
         println!(
@@ -147,7 +148,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tenant.slug, key.plaintext, key.plaintext
         );
     }
-    app::shutdown_signal().await;
+    stop.await;
     running.shutdown().await
 }
 

@@ -70,6 +70,31 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("webhooks:write"),
         200,
     ),
+    (
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        Needs::Scope("webhooks:read"),
+        200,
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{id}/replay",
+        Needs::Scope("webhooks:write"),
+        202,
+    ),
+    // No delivery has this id: an allowed caller reaches the handler and gets 404.
+    (
+        "GET",
+        "/v1/deliveries/{id}",
+        Needs::Scope("webhooks:read"),
+        404,
+    ),
+    (
+        "POST",
+        "/v1/deliveries/{id}/replay",
+        Needs::Scope("webhooks:write"),
+        404,
+    ),
 ];
 
 enum Caller {
@@ -127,6 +152,8 @@ fn expected(needs: Needs, caller: &Caller, ok: u16) -> StatusCode {
 async fn target(srv: &TestServer, path: &str, n: usize) -> String {
     if path.starts_with("/v1/queue/jobs/") {
         "job_01J00000000000000000000000".to_owned()
+    } else if path.starts_with("/v1/deliveries/") {
+        "dlv_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/webhooks/") {
         let (_, endpoint) = srv
             .post(
@@ -200,11 +227,14 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
     for (method, path, needs, ok) in ROUTES {
         for (label, caller, key) in &callers {
             n += 1;
-            let path = if path.contains("{id}") {
+            let mut path = if path.contains("{id}") {
                 path.replace("{id}", &target(&srv, path, n).await)
             } else {
                 path.to_string()
             };
+            if path.ends_with("/replay") && path.starts_with("/v1/webhooks/") {
+                path.push_str("?since=2026-01-01T00:00:00Z");
+            }
             let body = body(method, &path, n);
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let (status, answer) = srv

@@ -20,6 +20,8 @@ on_both_engines!(
     retry_after_and_410_are_honoured,
     internal_addresses_are_refused_at_delivery,
     invalid_subscriptions_get_field_errors,
+    admins_see_the_attempt_timeline_and_replay_failures,
+    a_rotated_secret_signs_beside_the_previous_one,
 );
 
 /// A request the receiver got.
@@ -477,5 +479,150 @@ async fn invalid_subscriptions_get_field_errors(engine: Engine) {
         )
         .await;
     assert_problem(&response, StatusCode::FORBIDDEN, "forbidden_scope");
+    srv.stop().await;
+}
+
+async fn admins_see_the_attempt_timeline_and_replay_failures(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer(410, Vec::new());
+    let endpoint = subscribe(&srv, &receiver.url, json!([])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let message = emit(&srv, "partner.created", json!({"partner_id": "ptr_1"})).await;
+    receiver.next().await;
+    wait_for_delivery(&srv, &message, id, "failed", 1).await;
+
+    let (status, page) = srv
+        .get(&format!("/v1/webhooks/{id}/deliveries"), &srv.admin_key)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = &page["data"][0];
+    assert_eq!(
+        (listed["message_id"].as_str(), listed["event_type"].as_str()),
+        (Some(message.as_str()), Some("partner.created"))
+    );
+    assert_eq!(
+        (listed["status"].as_str(), listed["last_status"].as_i64()),
+        (Some("failed"), Some(410))
+    );
+    let delivery = listed["id"].as_str().unwrap().to_owned();
+
+    // The endpoint was disabled by the 410; resume it and send the delivery again.
+    srv.post(
+        &format!("/v1/webhooks/{id}/resume"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
+    let (status, _) = srv
+        .post(
+            &format!("/v1/deliveries/{delivery}/replay"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let again = receiver.next().await;
+    assert_eq!(again.headers["webhook-id"], message.as_str());
+    wait_for_delivery(&srv, &message, id, "succeeded", 2).await;
+    let (_, detail) = srv
+        .get(&format!("/v1/deliveries/{delivery}"), &srv.admin_key)
+        .await;
+    let codes: Vec<_> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_i64())
+        .collect();
+    assert_eq!(codes, vec![Some(410), Some(200)]);
+    assert_eq!(detail["timeline"][1]["response_body"], "thanks");
+
+    // Every failed delivery since a time, at once.
+    receiver.answer(410, Vec::new());
+    let second = emit(&srv, "payout.paid", json!({})).await;
+    receiver.next().await;
+    wait_for_delivery(&srv, &second, id, "failed", 1).await;
+    srv.post(
+        &format!("/v1/webhooks/{id}/resume"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
+    let (status, replayed) = srv
+        .post(
+            &format!("/v1/webhooks/{id}/replay?since=2020-01-01T00:00:00Z"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, replayed["replayed"].as_i64()),
+        (StatusCode::ACCEPTED, Some(1)),
+        "only the failed one"
+    );
+    assert_eq!(receiver.next().await.headers["webhook-id"], second.as_str());
+    wait_for_delivery(&srv, &second, id, "succeeded", 2).await;
+
+    let bad_since = srv
+        .post(
+            &format!("/v1/webhooks/{id}/replay?since=yesterday"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_problem(
+        &bad_since,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    srv.stop().await;
+}
+
+async fn a_rotated_secret_signs_beside_the_previous_one(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut receiver = Receiver::start().await;
+    let endpoint = subscribe(&srv, &receiver.url, json!([])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let old = endpoint["secret"].as_str().unwrap();
+    let (status, rotated) = srv
+        .post(
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let new = rotated["secret"].as_str().unwrap();
+    assert_ne!(new, old);
+
+    let message = emit(&srv, "partner.created", json!({})).await;
+    let got = receiver.next().await;
+    let timestamp: i64 = got.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sign = |secret| {
+        switchyard::webhooks::signing::sign(secret, &message, timestamp, &got.body).unwrap()
+    };
+    assert_eq!(
+        got.headers["webhook-signature"].to_str().unwrap(),
+        format!("{} {}", sign(new), sign(old))
+    );
+    verify_with_reference_library(new, &got);
+    verify_with_reference_library(old, &got);
+
+    // After the grace period only the new secret signs.
+    srv.clock.advance(Duration::from_secs(25 * 3600));
+    emit(&srv, "partner.created", json!({})).await;
+    let later = receiver.next().await;
+    assert_eq!(
+        later.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        1
+    );
     srv.stop().await;
 }

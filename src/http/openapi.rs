@@ -55,6 +55,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(super::ops::router())
         .merge(crate::queue::router())
         .merge(crate::webhooks::routes::router())
+        .merge(crate::webhooks::deliveries::router())
 }
 
 /// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::clock::rfc3339;
+use crate::db::Tx;
 use crate::ids;
 
 use super::{signing, store};
@@ -95,17 +96,37 @@ async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<
     for endpoint in store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await? {
         let delivery = ids::new("dlv");
         if store::insert_delivery(&mut tx, &delivery, tenant, &message.id, &endpoint, now).await? {
-            let job = NewJob::new(
-                DELIVER,
-                json!({ "tenant_id": tenant, "delivery_id": delivery }),
+            schedule(
+                state,
+                &mut tx,
+                tenant,
+                &delivery,
+                &format!("deliver:{delivery}"),
             )
-            .max_attempts(MAX_ATTEMPTS)
-            .dedupe_key(format!("deliver:{delivery}"));
-            state.queue.enqueue_in(&mut tx, job).await?;
+            .await?;
         }
     }
     tx.commit().await?;
     state.queue.committed();
+    Ok(())
+}
+
+/// Enqueues the delivery job of a pending delivery, in the caller's transaction. `dedupe_key`
+/// names this run of it: the first one, or a replay.
+pub async fn schedule(
+    state: &AppState,
+    tx: &mut Tx,
+    tenant_id: &str,
+    delivery_id: &str,
+    dedupe_key: &str,
+) -> anyhow::Result<()> {
+    let job = NewJob::new(
+        DELIVER,
+        json!({ "tenant_id": tenant_id, "delivery_id": delivery_id }),
+    )
+    .max_attempts(MAX_ATTEMPTS)
+    .dedupe_key(dedupe_key);
+    state.queue.enqueue_in(tx, job).await?;
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! Tenant webhooks: endpoints that subscribe to event types, and the signed delivery of every
 //! message emitted through the outbox to every enabled endpoint subscribed to its type.
 //!
-//! `routes` is the REST-hooks API automation platforms use; `delivery` holds the whole delivery
+//! `routes` is the REST-hooks API automation platforms use; `deliveries` lets admins watch and
+//! replay; `delivery` holds the whole delivery
 //! path (fan-out, signing, sending, recording attempts and counters, the retry schedule and the
 //! disable rules) so it can be read in one sitting; `signing` is Standard Webhooks.
 
+pub mod deliveries;
 pub mod delivery;
 pub mod routes;
 pub mod signing;

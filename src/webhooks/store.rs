@@ -346,3 +346,125 @@ pub async fn count_failure(
     .await?;
     Ok(state == "disabled")
 }
+
+/// A delivery as the API shows it, with its message's event type.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub message_id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.message_id, d.endpoint_id, m.event_type, d.status, d.attempts, \
+     d.last_status, d.created_at, d.updated_at";
+
+/// A page of an endpoint's deliveries, newest first.
+pub async fn list_deliveries(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoint_id: &str,
+    page: &Page,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.tenant_id = $1 AND d.endpoint_id = $2
+           AND (d.created_at < $3 OR (d.created_at = $3 AND d.id < $4))
+         ORDER BY d.created_at DESC, d.id DESC LIMIT $5"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(endpoint_id)
+        .bind(page.after.0)
+        .bind(&page.after.1)
+        .bind(page.fetch())
+        .fetch_all(&mut **tx)
+        .await
+}
+
+pub async fn delivery_row(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<DeliveryRow>> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.tenant_id = $1 AND d.id = $2"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub id: String,
+    pub status_code: Option<i64>,
+    pub error_class: Option<String>,
+    pub latency_ms: i64,
+    pub response_body: String,
+    pub created_at: i64,
+}
+
+/// A delivery's attempts, oldest first.
+pub async fn attempts(
+    tx: &mut Tx,
+    tenant_id: &str,
+    delivery_id: &str,
+) -> sqlx::Result<Vec<AttemptRow>> {
+    sqlx::query_as(
+        "SELECT id, status_code, error_class, latency_ms, response_body, created_at FROM delivery_attempts
+         WHERE tenant_id = $1 AND delivery_id = $2 ORDER BY created_at, id",
+    )
+    .bind(tenant_id)
+    .bind(delivery_id)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Makes a finished delivery pending again. Returns false when it is pending already.
+pub async fn reopen_delivery(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let reopened = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', updated_at = $1
+         WHERE tenant_id = $2 AND id = $3 AND status <> 'pending'",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(reopened.rows_affected() == 1)
+}
+
+/// Ids of an endpoint's failed deliveries created at or after `since`.
+pub async fn failed_since(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoint_id: &str,
+    since: i64,
+) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM deliveries
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed' AND created_at >= $3
+         ORDER BY created_at, id",
+    )
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .bind(since)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
