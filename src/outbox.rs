@@ -22,14 +22,15 @@ pub async fn emit(
     data: Value,
 ) -> anyhow::Result<String> {
     let id = ids::new("msg");
-    sqlx::query("INSERT INTO messages (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&id)
-        .bind(tenant_id)
-        .bind(event_type)
-        .bind(data.to_string())
-        .bind(clock.now_ms())
-        .execute(&mut **tx)
-        .await?;
+    crate::webhooks::store::insert_message(
+        tx,
+        &id,
+        tenant_id,
+        event_type,
+        &data.to_string(),
+        clock.now_ms(),
+    )
+    .await?;
     let dispatch = NewJob::new(
         crate::webhooks::delivery::DISPATCH,
         json!({ "tenant_id": tenant_id, "message_id": id }),

@@ -76,6 +76,14 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("webhooks:read"),
         200,
     ),
+    // The endpoint's port is closed: the test fire answers with the failed attempt.
+    (
+        "POST",
+        "/v1/webhooks/{id}/test",
+        Needs::Scope("webhooks:write"),
+        200,
+    ),
+    ("GET", "/v1/event-types", Needs::Scope("webhooks:read"), 200),
     (
         "POST",
         "/v1/webhooks/{id}/replay",
@@ -159,7 +167,7 @@ async fn target(srv: &TestServer, path: &str, n: usize) -> String {
             .post(
                 "/v1/webhooks",
                 &srv.admin_key,
-                json!({"url": format!("https://example.com/target/{n}")}),
+                json!({"url": format!("http://127.0.0.1:9/target/{n}")}),
             )
             .await;
         endpoint["id"].as_str().unwrap().to_owned()
@@ -173,7 +181,7 @@ async fn target(srv: &TestServer, path: &str, n: usize) -> String {
 fn body(method: &str, path: &str, n: usize) -> Option<Value> {
     match (method, path) {
         ("POST", "/v1/api-keys") => Some(json!({"name": "minted", "scopes": ["events:write"]})),
-        ("POST", "/v1/webhooks") => Some(json!({"url": format!("https://example.com/new/{n}")})),
+        ("POST", "/v1/webhooks") => Some(json!({"url": format!("http://127.0.0.1:9/new/{n}")})),
         ("PATCH", _) => Some(json!({"description": "changed"})),
         ("POST", _) => Some(json!({})),
         _ => None,

@@ -22,6 +22,8 @@ on_both_engines!(
     invalid_subscriptions_get_field_errors,
     admins_see_the_attempt_timeline_and_replay_failures,
     a_rotated_secret_signs_beside_the_previous_one,
+    the_catalog_serves_schemas_its_examples_satisfy,
+    a_test_fire_reaches_the_endpoint_whatever_its_filter,
 );
 
 /// A request the receiver got.
@@ -624,5 +626,111 @@ async fn a_rotated_secret_signs_beside_the_previous_one(engine: Engine) {
             .count(),
         1
     );
+    srv.stop().await;
+}
+
+async fn the_catalog_serves_schemas_its_examples_satisfy(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (status, catalog) = srv.get("/v1/event-types", &srv.admin_key).await;
+    assert_eq!(status, StatusCode::OK);
+    let types = catalog["data"].as_array().unwrap();
+    let names: Vec<_> = types.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for expected in [
+        "partner.created",
+        "partner.activated",
+        "partner.revoked",
+        "partnership.approved",
+        "attribution.created",
+        "commission.accrued",
+        "commission.approved",
+        "commission.reversed",
+        "payout.paid",
+        "webhook.test",
+    ] {
+        assert!(names.contains(&expected), "{expected} is in the catalog");
+    }
+    for event_type in types {
+        let validator =
+            jsonschema::validator_for(&event_type["schema"]).expect("a valid JSON Schema");
+        let example = &event_type["example"];
+        assert!(
+            validator.is_valid(example),
+            "{}: {example}",
+            event_type["name"]
+        );
+        let mut synthetic = example.clone();
+        synthetic["_synthetic"] = json!(true);
+        assert!(
+            validator.is_valid(&synthetic),
+            "{}: synthetic payloads validate",
+            event_type["name"]
+        );
+        let mut broken = example.clone();
+        let first = broken.as_object().unwrap().keys().next().unwrap().clone();
+        broken.as_object_mut().unwrap().remove(&first);
+        assert!(
+            !validator.is_valid(&broken),
+            "{}: the schema requires {first}",
+            event_type["name"]
+        );
+    }
+    srv.stop().await;
+}
+
+async fn a_test_fire_reaches_the_endpoint_whatever_its_filter(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut receiver = Receiver::start().await;
+    let endpoint = subscribe(&srv, &receiver.url, json!(["payout.paid"])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let (status, fired) = srv
+        .post(
+            &format!("/v1/webhooks/{id}/test?event=commission.accrued"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fired}");
+    assert_eq!(
+        (fired["status"].as_str(), fired["event_type"].as_str()),
+        (Some("succeeded"), Some("commission.accrued"))
+    );
+    assert_eq!(fired["timeline"][0]["status_code"], 200);
+
+    let got = receiver.next().await;
+    let envelope: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(envelope["type"], "commission.accrued");
+    assert_eq!(envelope["data"]["_synthetic"], true);
+    assert_eq!(envelope["id"], fired["message_id"]);
+    verify_with_reference_library(endpoint["secret"].as_str().unwrap(), &got);
+
+    let (_, catalog) = srv.get("/v1/event-types", &srv.admin_key).await;
+    let schema = catalog["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "commission.accrued")
+        .unwrap();
+    let validator = jsonschema::validator_for(&schema["schema"]).unwrap();
+    assert!(
+        validator.is_valid(&envelope["data"]),
+        "the synthetic payload matches its schema"
+    );
+
+    let unknown = srv
+        .post(
+            &format!("/v1/webhooks/{id}/test?event=commission.exploded"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    let problem = assert_problem(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(problem["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("commission.accrued"));
     srv.stop().await;
 }

@@ -147,17 +147,27 @@ async fn get_delivery(
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryWithAttempts>> {
     principal.require(Scope::WebhooksRead)?;
-    let tenant = &principal.tenant_id;
+    Ok(axum::Json(
+        with_attempts(&state, &principal.tenant_id, &id).await?,
+    ))
+}
+
+/// A delivery and its attempts, as `GET /v1/deliveries/{id}` and test fires answer.
+pub(crate) async fn with_attempts(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<DeliveryWithAttempts> {
     let mut tx = state.db.read(tenant).await?;
-    let delivery = store::delivery_row(&mut tx, tenant, &id)
+    let delivery = store::delivery_row(&mut tx, tenant, id)
         .await?
         .ok_or_else(|| Error::not_found("delivery"))?;
-    let timeline = store::attempts(&mut tx, tenant, &id).await?;
+    let timeline = store::attempts(&mut tx, tenant, id).await?;
     tx.commit().await?;
-    Ok(axum::Json(DeliveryWithAttempts {
+    Ok(DeliveryWithAttempts {
         delivery: delivery.into(),
         timeline: timeline.into_iter().map(Attempt::from).collect(),
-    }))
+    })
 }
 
 /// Send a finished delivery again (`webhooks:write`), succeeded or failed. A delivery still

@@ -130,6 +130,38 @@ pub async fn schedule(
     Ok(())
 }
 
+/// A test fire: a message carrying `data` (a synthetic payload) and its delivery to this one
+/// endpoint, whatever its filter, attempted once, now. Returns the delivery id.
+pub async fn fire_test(
+    state: &AppState,
+    tenant_id: &str,
+    endpoint_id: &str,
+    event_type: &str,
+    data: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let message = ids::new("msg");
+    let delivery = ids::new("dlv");
+    let now = state.clock.now_ms();
+    let mut tx = state.db.write(tenant_id).await?;
+    store::insert_message(
+        &mut tx,
+        &message,
+        tenant_id,
+        event_type,
+        &data.to_string(),
+        now,
+    )
+    .await?;
+    store::insert_delivery(&mut tx, &delivery, tenant_id, &message, endpoint_id, now).await?;
+    tx.commit().await?;
+    let payload = DeliverPayload {
+        tenant_id: tenant_id.to_owned(),
+        delivery_id: delivery.clone(),
+    };
+    attempt(state, &payload, true).await?;
+    Ok(delivery)
+}
+
 async fn deliver(state: AppState, job: Job) -> Outcome {
     let Ok(payload) = serde_json::from_value::<DeliverPayload>(job.payload) else {
         return Outcome::Fail("malformed delivery payload".to_owned());

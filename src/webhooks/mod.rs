@@ -6,46 +6,21 @@
 //! path (fan-out, signing, sending, recording attempts and counters, the retry schedule and the
 //! disable rules) so it can be read in one sitting; `signing` is Standard Webhooks.
 
+pub mod catalog;
 pub mod deliveries;
 pub mod delivery;
 pub mod routes;
 pub mod signing;
-mod store;
-
-/// Every event type an endpoint can subscribe to, with what it announces.
-pub const EVENT_TYPES: &[(&str, &str)] = &[
-    ("partner.created", "A partner was created"),
-    ("partner.activated", "A partner became active"),
-    ("partner.revoked", "A partner was revoked"),
-    (
-        "partnership.approved",
-        "A partner from the Network was approved",
-    ),
-    (
-        "attribution.created",
-        "A conversion was attributed to a partner",
-    ),
-    ("commission.accrued", "A commission was accrued"),
-    (
-        "commission.approved",
-        "A commission passed its holdback and was approved",
-    ),
-    (
-        "commission.reversed",
-        "A commission was reversed by a refund",
-    ),
-    ("payout.paid", "A payout was paid"),
-    ("webhook.test", "A test ping"),
-];
+pub(crate) mod store;
 
 pub fn is_event_type(name: &str) -> bool {
-    EVENT_TYPES.iter().any(|(known, _)| *known == name)
+    catalog::find(name).is_some()
 }
 
 fn event_type_names() -> String {
-    EVENT_TYPES
+    catalog::CATALOG
         .iter()
-        .map(|(n, _)| *n)
+        .map(|t| t.name)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -20,8 +20,10 @@ use crate::http::pagination::{List, Page};
 use crate::ids;
 use crate::keys::{Principal, Scope};
 
+use super::catalog::{self, CATALOG};
+use super::deliveries::{with_attempts, DeliveryWithAttempts};
 use super::store::{self, StoredEndpoint};
-use super::{event_type_names, is_event_type, join_types, signing, split_types};
+use super::{delivery, event_type_names, is_event_type, join_types, signing, split_types};
 
 /// How long the previous secret keeps signing after a rotation, so receivers can switch over.
 const ROTATION_GRACE_MS: i64 = 24 * 3600 * 1000;
@@ -33,6 +35,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_endpoint))
         .routes(routes!(resume_endpoint))
         .routes(routes!(rotate_secret))
+        .routes(routes!(test_fire))
+        .routes(routes!(event_types))
 }
 
 /// A webhook endpoint and its delivery counters.
@@ -431,4 +435,88 @@ async fn rotate_secret(
         endpoint: endpoint.into(),
         secret,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TestFire {
+    /// The event type to simulate (default `webhook.test`).
+    pub event: Option<String>,
+}
+
+/// Test fire (`webhooks:write`): send a schema-valid synthetic payload of `event`, tagged
+/// `"_synthetic": true`, to this endpoint whatever its filter, now, and answer with the delivery
+/// and its attempt.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id, `ep_...`"), TestFire),
+    responses(
+        (status = 200, body = DeliveryWithAttempts),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn test_fire(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<TestFire>,
+) -> Result<axum::Json<DeliveryWithAttempts>> {
+    principal.require(Scope::WebhooksWrite)?;
+    let name = query.event.as_deref().unwrap_or("webhook.test");
+    let event_type = catalog::find(name).ok_or_else(|| {
+        Error::invalid(
+            "event",
+            format!(
+                "unknown event type {name:?}; valid types: {}",
+                event_type_names()
+            ),
+        )
+    })?;
+    let tenant = &principal.tenant_id;
+    let (tx, endpoint) = load(&state, &principal, &id).await?;
+    tx.commit().await?;
+    let data = catalog::synthetic(event_type);
+    let delivery =
+        delivery::fire_test(&state, tenant, &endpoint.id, event_type.name, &data).await?;
+    Ok(axum::Json(with_attempts(&state, tenant, &delivery).await?))
+}
+
+/// An event type of the catalog.
+#[derive(Serialize, ToSchema)]
+pub struct EventTypeDoc {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// JSON Schema of the message's `data`.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub example: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventTypes {
+    pub data: Vec<EventTypeDoc>,
+}
+
+/// The event catalog: every type an endpoint can subscribe to, with its schema and an example
+/// (`webhooks:read`).
+#[utoipa::path(get, path = "/v1/event-types", tag = "webhooks",
+    responses(
+        (status = 200, body = EventTypes),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn event_types(principal: Principal) -> Result<axum::Json<EventTypes>> {
+    principal.require(Scope::WebhooksRead)?;
+    let data = CATALOG
+        .iter()
+        .map(|t| EventTypeDoc {
+            name: t.name,
+            description: t.description,
+            schema: (t.schema)().to_value(),
+            example: (t.example)(),
+        })
+        .collect();
+    Ok(axum::Json(EventTypes { data }))
 }

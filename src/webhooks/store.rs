@@ -468,3 +468,24 @@ pub async fn failed_since(
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
+
+pub async fn insert_message(
+    tx: &mut Tx,
+    id: &str,
+    tenant_id: &str,
+    event_type: &str,
+    payload: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The event catalog: every type an endpoint can subscribe to, with the JSON Schema of its
+//! `data` (generated from the Rust type that later slices emit) and an example.
+//!
+//! The examples double as the synthetic payloads of test fires, tagged `"_synthetic": true`.
+
+use schemars::{schema_for, JsonSchema, Schema};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// `partner.created`, `partner.activated`, `partner.revoked`.
+#[derive(Serialize, JsonSchema)]
+pub struct PartnerEvent {
+    pub partner_id: String,
+    pub email: String,
+    pub name: String,
+    /// `invited`, `active` or `revoked`.
+    pub status: String,
+    /// `direct` or `network`.
+    pub source: String,
+    /// Why the partner was revoked (`partner.revoked` only).
+    pub reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `partnership.approved`: a partner that came from the Network was approved.
+#[derive(Serialize, JsonSchema)]
+pub struct PartnershipEvent {
+    pub partner_id: String,
+    pub network_partner_id: String,
+    pub approved_at: String,
+}
+
+/// `attribution.created`: a conversion event was tied to a partner's click.
+#[derive(Serialize, JsonSchema)]
+pub struct AttributionEvent {
+    pub attribution_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub partner_id: String,
+    pub campaign_id: String,
+    pub click_id: String,
+    pub customer_id: Option<String>,
+    pub created_at: String,
+}
+
+/// `commission.accrued`, `commission.approved`, `commission.reversed`.
+#[derive(Serialize, JsonSchema)]
+pub struct CommissionEvent {
+    pub commission_id: String,
+    pub partner_id: String,
+    pub campaign_id: String,
+    pub event_id: String,
+    /// Stable per conversion, so receivers can deduplicate.
+    pub transaction_id: String,
+    /// Minor units of `currency`.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// `pending`, `approved`, `reversed` or `paid`.
+    pub status: String,
+    pub created_at: String,
+}
+
+/// `payout.paid`.
+#[derive(Serialize, JsonSchema)]
+pub struct PayoutEvent {
+    pub payout_id: String,
+    pub partner_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub commission_ids: Vec<String>,
+    pub paid_at: String,
+}
+
+/// `webhook.test`: a ping.
+#[derive(Serialize, JsonSchema)]
+pub struct TestEvent {
+    pub message: String,
+}
+
+/// One entry of the catalog.
+pub struct EventType {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub schema: fn() -> Schema,
+    pub example: fn() -> Value,
+}
+
+fn partner_example() -> Value {
+    json!(PartnerEvent {
+        partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+        email: "ada@example.com".to_owned(),
+        name: "Ada Lovelace".to_owned(),
+        status: "active".to_owned(),
+        source: "direct".to_owned(),
+        reason: None,
+        created_at: "2026-11-01T09:30:00.000Z".to_owned(),
+    })
+}
+
+fn commission_example() -> Value {
+    json!(CommissionEvent {
+        commission_id: "com_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned(),
+        partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+        campaign_id: "cmp_01JB3Z1A2B3C4D5E6F7G8H9J0K".to_owned(),
+        event_id: "evt_crm_4711".to_owned(),
+        transaction_id: "txn_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned(),
+        amount: 1250,
+        currency: "EUR".to_owned(),
+        status: "pending".to_owned(),
+        created_at: "2026-11-02T14:00:00.000Z".to_owned(),
+    })
+}
+
+pub const CATALOG: &[EventType] = &[
+    EventType {
+        name: "partner.created",
+        description: "A partner was created",
+        schema: || schema_for!(PartnerEvent),
+        example: partner_example,
+    },
+    EventType {
+        name: "partner.activated",
+        description: "A partner became active",
+        schema: || schema_for!(PartnerEvent),
+        example: partner_example,
+    },
+    EventType {
+        name: "partner.revoked",
+        description: "A partner was revoked",
+        schema: || schema_for!(PartnerEvent),
+        example: || {
+            let mut example = partner_example();
+            example["status"] = json!("revoked");
+            example["reason"] = json!("fraudulent traffic");
+            example
+        },
+    },
+    EventType {
+        name: "partnership.approved",
+        description: "A partner from the Network was approved",
+        schema: || schema_for!(PartnershipEvent),
+        example: || {
+            json!(PartnershipEvent {
+                partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+                network_partner_id: "net_8841".to_owned(),
+                approved_at: "2026-11-01T10:00:00.000Z".to_owned(),
+            })
+        },
+    },
+    EventType {
+        name: "attribution.created",
+        description: "A conversion was attributed to a partner",
+        schema: || schema_for!(AttributionEvent),
+        example: || {
+            json!(AttributionEvent {
+                attribution_id: "att_01JB3Z3D4E5F6G7H8J9K0M1N2P".to_owned(),
+                event_id: "evt_crm_4711".to_owned(),
+                event_type: "opportunity_won".to_owned(),
+                partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+                campaign_id: "cmp_01JB3Z1A2B3C4D5E6F7G8H9J0K".to_owned(),
+                click_id: "clk_01JB3Z2Z9Y8X7W6V5T4S3R2Q1P".to_owned(),
+                customer_id: Some("cus_991".to_owned()),
+                created_at: "2026-11-02T14:00:00.000Z".to_owned(),
+            })
+        },
+    },
+    EventType {
+        name: "commission.accrued",
+        description: "A commission was accrued",
+        schema: || schema_for!(CommissionEvent),
+        example: commission_example,
+    },
+    EventType {
+        name: "commission.approved",
+        description: "A commission passed its holdback and was approved",
+        schema: || schema_for!(CommissionEvent),
+        example: || {
+            let mut example = commission_example();
+            example["status"] = json!("approved");
+            example
+        },
+    },
+    EventType {
+        name: "commission.reversed",
+        description: "A commission was reversed by a refund",
+        schema: || schema_for!(CommissionEvent),
+        example: || {
+            let mut example = commission_example();
+            example["status"] = json!("reversed");
+            example
+        },
+    },
+    EventType {
+        name: "payout.paid",
+        description: "A payout was paid",
+        schema: || schema_for!(PayoutEvent),
+        example: || {
+            json!(PayoutEvent {
+                payout_id: "pay_01JB3Z5R6S7T8V9W0X1Y2Z3A4B".to_owned(),
+                partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+                amount: 8400,
+                currency: "EUR".to_owned(),
+                commission_ids: vec!["com_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned()],
+                paid_at: "2026-12-01T08:00:00.000Z".to_owned(),
+            })
+        },
+    },
+    EventType {
+        name: "webhook.test",
+        description: "A test ping",
+        schema: || schema_for!(TestEvent),
+        example: || {
+            json!(TestEvent {
+                message: "Hello from Switchyard".to_owned(),
+            })
+        },
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static EventType> {
+    CATALOG.iter().find(|t| t.name == name)
+}
+
+/// The synthetic payload of a test fire: the example, tagged `"_synthetic": true`.
+pub fn synthetic(event_type: &EventType) -> Value {
+    let mut data = (event_type.example)();
+    data["_synthetic"] = json!(true);
+    data
+}
