@@ -324,6 +324,21 @@ async fn a_message_reaches_every_subscribed_endpoint_signed(engine: Engine) {
             (Some(1), Some(200))
         );
         assert!(counters["last_success_at"].is_string());
+        assert!(
+            counters["latency_p50_ms"].as_i64().is_some()
+                && counters["latency_p95_ms"].as_i64().is_some()
+        );
+        let metrics = srv
+            .send(reqwest::Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let line = format!(
+            r#"switchyard_webhook_endpoint_successes{{tenant="{}",endpoint="{id}"}} 1"#,
+            srv.tenant_id
+        );
+        assert!(metrics.contains(&line), "{metrics}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

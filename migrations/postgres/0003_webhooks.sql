@@ -63,6 +63,7 @@ CREATE TABLE delivery_attempts (
 );
 
 CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, created_at);
+CREATE INDEX delivery_attempts_endpoint ON delivery_attempts (endpoint_id, created_at DESC);
 
 ALTER TABLE webhook_endpoints ENABLE ROW LEVEL SECURITY;
 ALTER TABLE webhook_endpoints FORCE ROW LEVEL SECURITY;

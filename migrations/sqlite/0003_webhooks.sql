@@ -63,3 +63,4 @@ CREATE TABLE delivery_attempts (
 );
 
 CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, created_at);
+CREATE INDEX delivery_attempts_endpoint ON delivery_attempts (endpoint_id, created_at DESC);

@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::webhooks::store::EndpointCounters;
 
 use super::error::{Error, Problem, Result};
 
@@ -61,6 +62,14 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>> {
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;
     state.metrics.observe_queue(&stats);
+    let mut endpoints = Vec::new();
+    for tenant in crate::tenants::all_ids(state.db.pool()).await? {
+        let mut tx = state.db.read(&tenant).await?;
+        let counters = crate::webhooks::store::counters(&mut tx, &tenant).await?;
+        tx.commit().await?;
+        endpoints.extend(counters);
+    }
+    state.metrics.observe_endpoints(&endpoints);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.metrics.registry)
         .map_err(|e| Error::Internal(anyhow::anyhow!("encoding metrics: {e}")))?;
@@ -98,6 +107,12 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    tenant: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     queue: String,
     kind: String,
@@ -110,6 +125,10 @@ pub struct Metrics {
     durations: DurationFamily,
     jobs: Family<JobLabels, Gauge>,
     oldest_due: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    endpoint_successes: Family<EndpointLabels, Gauge>,
+    endpoint_failures: Family<EndpointLabels, Gauge>,
+    endpoint_streak: Family<EndpointLabels, Gauge>,
+    endpoint_enabled: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -140,17 +159,74 @@ impl Default for Metrics {
             "How long the oldest due, unclaimed job of a kind has waited",
             oldest_due.clone(),
         );
+        let endpoint_successes = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_failures = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_streak = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_enabled = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "webhook_endpoint_successes",
+            "Successful delivery attempts of a webhook endpoint since it was created",
+            endpoint_successes.clone(),
+        );
+        registry.register(
+            "webhook_endpoint_failures",
+            "Failed delivery attempts of a webhook endpoint since it was created",
+            endpoint_failures.clone(),
+        );
+        registry.register(
+            "webhook_endpoint_consecutive_failures",
+            "Failed attempts of a webhook endpoint since its last success",
+            endpoint_streak.clone(),
+        );
+        registry.register(
+            "webhook_endpoint_enabled",
+            "1 while a webhook endpoint receives deliveries, 0 when paused or disabled",
+            endpoint_enabled.clone(),
+        );
         Self {
             registry,
             requests,
             durations,
             jobs,
             oldest_due,
+            endpoint_successes,
+            endpoint_failures,
+            endpoint_streak,
+            endpoint_enabled,
         }
     }
 }
 
 impl Metrics {
+    /// Refreshes the endpoint gauges from fresh counters (called at scrape time).
+    fn observe_endpoints(&self, endpoints: &[EndpointCounters]) {
+        for family in [
+            &self.endpoint_successes,
+            &self.endpoint_failures,
+            &self.endpoint_streak,
+            &self.endpoint_enabled,
+        ] {
+            family.clear();
+        }
+        for endpoint in endpoints {
+            let labels = EndpointLabels {
+                tenant: endpoint.tenant_id.clone(),
+                endpoint: endpoint.id.clone(),
+            };
+            let enabled = i64::from(endpoint.status == "enabled");
+            self.endpoint_successes
+                .get_or_create(&labels)
+                .set(endpoint.success_count);
+            self.endpoint_failures
+                .get_or_create(&labels)
+                .set(endpoint.failure_count);
+            self.endpoint_streak
+                .get_or_create(&labels)
+                .set(endpoint.consecutive_failures);
+            self.endpoint_enabled.get_or_create(&labels).set(enabled);
+        }
+    }
+
     /// Refreshes the queue gauges from fresh counts (called at scrape time).
     fn observe_queue(&self, stats: &job_queue::Stats) {
         self.jobs.clear();

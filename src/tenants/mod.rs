@@ -131,6 +131,14 @@ pub async fn find_by_slug(tx: &mut Tx, slug: &str) -> sqlx::Result<Option<Tenant
         .await
 }
 
+/// Every tenant's id (for work that visits each tenant, such as `/metrics`).
+pub async fn all_ids(pool: &sqlx::AnyPool) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::clock::rfc3339;
+use crate::db::Tx;
 use crate::http::error::{Error, FieldError, Problem, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
@@ -57,7 +58,46 @@ pub struct Endpoint {
     pub last_status: Option<i64>,
     pub last_attempt_at: Option<String>,
     pub last_success_at: Option<String>,
+    /// Median latency of the last 100 attempts, in milliseconds (null before any attempt).
+    pub latency_p50_ms: Option<i64>,
+    /// 95th-percentile latency of the last 100 attempts, in milliseconds.
+    pub latency_p95_ms: Option<i64>,
     pub created_at: String,
+}
+
+/// Attempts the latency percentiles are computed over.
+const LATENCY_WINDOW: i64 = 100;
+
+/// The nearest-rank percentile `q` (0 to 1) of `samples`.
+fn percentile(samples: &mut [i64], q: f64) -> Option<i64> {
+    samples.sort_unstable();
+    let rank = ((q * samples.len() as f64).ceil() as usize).max(1);
+    samples.get(rank - 1).copied()
+}
+
+/// Representations of `endpoints` with their recent latency percentiles (one query for all).
+async fn represent(
+    tx: &mut Tx,
+    tenant: &str,
+    endpoints: Vec<StoredEndpoint>,
+) -> Result<Vec<Endpoint>> {
+    let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+    let mut latencies = store::recent_latencies(tx, tenant, &ids, LATENCY_WINDOW).await?;
+    Ok(endpoints
+        .into_iter()
+        .map(|stored| {
+            let mut samples = latencies.remove(&stored.id).unwrap_or_default();
+            let mut endpoint = Endpoint::from(stored);
+            endpoint.latency_p50_ms = percentile(&mut samples, 0.50);
+            endpoint.latency_p95_ms = percentile(&mut samples, 0.95);
+            endpoint
+        })
+        .collect())
+}
+
+async fn represent_one(tx: &mut Tx, tenant: &str, endpoint: StoredEndpoint) -> Result<Endpoint> {
+    let mut one = represent(tx, tenant, vec![endpoint]).await?;
+    Ok(one.remove(0))
 }
 
 impl From<StoredEndpoint> for Endpoint {
@@ -66,6 +106,8 @@ impl From<StoredEndpoint> for Endpoint {
             event_types: split_types(&e.event_types),
             last_attempt_at: e.last_attempt_at.map(rfc3339),
             last_success_at: e.last_success_at.map(rfc3339),
+            latency_p50_ms: None,
+            latency_p95_ms: None,
             created_at: rfc3339(e.created_at),
             id: e.id,
             url: e.url,
@@ -176,8 +218,9 @@ async fn create_endpoint(
     if let Some(existing) =
         store::find_subscription(&mut tx, tenant, &body.url, &event_types).await?
     {
+        let existing = represent_one(&mut tx, tenant, existing).await?;
         tx.commit().await?;
-        return Ok((StatusCode::OK, axum::Json(Endpoint::from(existing))).into_response());
+        return Ok((StatusCode::OK, axum::Json(existing)).into_response());
     }
     let secret = signing::generate_secret();
     let endpoint = StoredEndpoint {
@@ -238,19 +281,16 @@ async fn list_endpoints(
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
     let rows = store::list_endpoints(&mut tx, tenant, query.url.as_deref(), &page).await?;
-    tx.commit().await?;
     let list = page.finish(rows, |e| (e.created_at, &e.id));
+    let data = represent(&mut tx, tenant, list.data).await?;
+    tx.commit().await?;
     Ok(axum::Json(List {
-        data: list.data.into_iter().map(Endpoint::from).collect(),
+        data,
         next_cursor: list.next_cursor,
     }))
 }
 
-async fn load(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<(crate::db::Tx, StoredEndpoint)> {
+async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<(Tx, StoredEndpoint)> {
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
     let endpoint = store::find_endpoint(&mut tx, tenant, id)
@@ -279,8 +319,9 @@ async fn get_endpoint(
     let endpoint = store::find_endpoint(&mut tx, tenant, &id)
         .await?
         .ok_or_else(|| Error::not_found("webhook endpoint"))?;
+    let endpoint = represent_one(&mut tx, tenant, endpoint).await?;
     tx.commit().await?;
-    Ok(axum::Json(endpoint.into()))
+    Ok(axum::Json(endpoint))
 }
 
 /// Change an endpoint's URL, event types or description (`webhooks:write`).
@@ -322,8 +363,9 @@ async fn update_endpoint(
         endpoint.description = description;
     }
     store::update_endpoint(&mut tx, &endpoint, state.clock.now_ms()).await?;
+    let endpoint = represent_one(&mut tx, &principal.tenant_id, endpoint).await?;
     tx.commit().await?;
-    Ok(axum::Json(endpoint.into()))
+    Ok(axum::Json(endpoint))
 }
 
 /// Unsubscribe: delete an endpoint (`webhooks:write`). Its delivery history is kept.
@@ -367,8 +409,9 @@ async fn set_status(
         endpoint.failing_since = None;
     }
     store::update_endpoint(&mut tx, &endpoint, state.clock.now_ms()).await?;
+    let endpoint = represent_one(&mut tx, &principal.tenant_id, endpoint).await?;
     tx.commit().await?;
-    Ok(axum::Json(endpoint.into()))
+    Ok(axum::Json(endpoint))
 }
 
 /// Pause deliveries to an endpoint (`webhooks:write`). Pending deliveries wait, none is dropped.
@@ -430,11 +473,9 @@ async fn rotate_secret(
     ));
     endpoint.previous_secret_until = Some(now + ROTATION_GRACE_MS);
     store::update_endpoint(&mut tx, &endpoint, now).await?;
+    let endpoint = represent_one(&mut tx, &principal.tenant_id, endpoint).await?;
     tx.commit().await?;
-    Ok(axum::Json(EndpointWithSecret {
-        endpoint: endpoint.into(),
-        secret,
-    }))
+    Ok(axum::Json(EndpointWithSecret { endpoint, secret }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -519,4 +560,18 @@ async fn event_types(principal: Principal) -> Result<axum::Json<EventTypes>> {
         })
         .collect();
     Ok(axum::Json(EventTypes { data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut samples: Vec<i64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut samples, 0.50), Some(50));
+        assert_eq!(percentile(&mut samples, 0.95), Some(95));
+        assert_eq!(percentile(&mut [7], 0.95), Some(7));
+        assert_eq!(percentile(&mut [], 0.5), None);
+    }
 }

@@ -489,3 +489,61 @@ pub async fn insert_message(
     .await?;
     Ok(())
 }
+
+/// Latencies (ms) of the most recent `per_endpoint` attempts of each of `endpoints`.
+pub async fn recent_latencies(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoints: &[&str],
+    per_endpoint: i64,
+) -> sqlx::Result<std::collections::HashMap<String, Vec<i64>>> {
+    if endpoints.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (0..endpoints.len())
+        .map(|i| format!("${}", i + 3))
+        .collect();
+    let sql = format!(
+        "SELECT endpoint_id, latency_ms FROM (
+             SELECT endpoint_id, latency_ms,
+                    ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY created_at DESC) AS recency
+             FROM delivery_attempts
+             WHERE tenant_id = $1 AND endpoint_id IN ({})
+         ) recent
+         WHERE recency <= $2",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql)
+        .bind(tenant_id)
+        .bind(per_endpoint);
+    for endpoint in endpoints {
+        query = query.bind(*endpoint);
+    }
+    let mut latencies: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for (endpoint, latency) in query.fetch_all(&mut **tx).await? {
+        latencies.entry(endpoint).or_default().push(latency);
+    }
+    Ok(latencies)
+}
+
+/// An endpoint's counters, as `/metrics` shows them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EndpointCounters {
+    pub tenant_id: String,
+    pub id: String,
+    pub status: String,
+    pub success_count: i64,
+    pub failure_count: i64,
+    pub consecutive_failures: i64,
+}
+
+/// The counters of a tenant's live endpoints.
+pub async fn counters(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Vec<EndpointCounters>> {
+    sqlx::query_as(
+        "SELECT tenant_id, id, status, success_count, failure_count, consecutive_failures
+         FROM webhook_endpoints WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut **tx)
+    .await
+}
