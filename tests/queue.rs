@@ -29,6 +29,7 @@ on_both_engines!(
     an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll,
     a_long_handler_keeps_its_lease,
     done_jobs_are_purged_after_the_retention_and_dead_ones_kept,
+    a_snoozed_job_waits_without_using_an_attempt,
 );
 
 struct Fixture {
@@ -586,4 +587,44 @@ async fn done_jobs_are_purged_after_the_retention_and_dead_ones_kept(engine: Eng
     assert_eq!(f.queue.purge(retention).await.unwrap(), 1);
     assert_eq!(count_jobs(&f.queue).await, 1);
     assert_eq!(job(&f.queue, &dead).await.3.as_deref(), Some("bad input"));
+}
+
+async fn a_snoozed_job_waits_without_using_an_attempt(engine: Engine) {
+    let f = fixture(engine).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let worker = Worker::new(f.queue.clone(), fast()).register("patient", one_at_a_time(), {
+        let runs = runs.clone();
+        move |_job| {
+            let runs = runs.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Outcome::Snooze(Duration::from_secs(60))
+                } else {
+                    Outcome::Done
+                }
+            }
+        }
+    });
+    let job_id = f
+        .queue
+        .enqueue(NewJob::new("patient", json!({})).max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let (stop, handle) = spawn(worker);
+    for snoozes in 1..=3 {
+        while runs.load(Ordering::SeqCst) < snoozes {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_for_state(&f.queue, &job_id, "available").await;
+        assert_eq!(
+            job(&f.queue, &job_id).await.1,
+            0,
+            "no attempt used, though only one is allowed"
+        );
+        f.clock.advance(Duration::from_secs(61));
+    }
+    wait_for_state(&f.queue, &job_id, "done").await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
 }

@@ -24,6 +24,7 @@ on_both_engines!(
     a_rotated_secret_signs_beside_the_previous_one,
     the_catalog_serves_schemas_its_examples_satisfy,
     a_test_fire_reaches_the_endpoint_whatever_its_filter,
+    a_rate_limited_endpoint_gets_every_delivery_in_its_own_time,
 );
 
 /// A request the receiver got.
@@ -747,5 +748,71 @@ async fn a_test_fire_reaches_the_endpoint_whatever_its_filter(engine: Engine) {
         .as_str()
         .unwrap()
         .contains("commission.accrued"));
+    srv.stop().await;
+}
+
+async fn a_rate_limited_endpoint_gets_every_delivery_in_its_own_time(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut receiver = Receiver::start().await;
+    let (status, endpoint) = srv
+        .post(
+            "/v1/webhooks",
+            &srv.admin_key,
+            json!({"url": receiver.url, "rate_limit": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, endpoint["rate_limit"].as_i64()),
+        (StatusCode::CREATED, Some(2))
+    );
+    let id = endpoint["id"].as_str().unwrap();
+
+    let started = std::time::Instant::now();
+    let mut messages = Vec::new();
+    for n in 0..6 {
+        messages.push(emit(&srv, "partner.created", json!({ "n": n })).await);
+    }
+    let mut arrivals = Vec::new();
+    for _ in 0..6 {
+        receiver.next().await;
+        arrivals.push(started.elapsed());
+    }
+    // Two per second with a burst of two: the sixth arrives about two seconds in.
+    assert!(arrivals[5] >= Duration::from_millis(1400), "{arrivals:?}");
+    for message in &messages {
+        wait_for_delivery(&srv, message, id, "succeeded", 1).await;
+    }
+
+    let too_fast = srv
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(&srv.admin_key),
+            Some(&json!({"rate_limit": 0})),
+        )
+        .await;
+    assert_problem(
+        &too_fast,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let (_, kept) = srv
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(&srv.admin_key),
+            Some(&json!({"description": "x"})),
+        )
+        .await;
+    assert_eq!(kept["rate_limit"], 2, "left out, the limit stays");
+    let (_, cleared) = srv
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(&srv.admin_key),
+            Some(&json!({"rate_limit": null})),
+        )
+        .await;
+    assert_eq!(cleared["rate_limit"], Value::Null);
     srv.stop().await;
 }

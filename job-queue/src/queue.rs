@@ -311,6 +311,29 @@ impl Queue {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// Puts a job back to run after `delay` without counting the attempt. Fenced by `token`.
+    pub(crate) async fn snooze(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        token: &str,
+        delay: Duration,
+    ) -> Result<bool, Error> {
+        let now = self.now();
+        let snoozed = sqlx::query(
+            "UPDATE jobs SET state = 'available', attempt = attempt - 1, run_at = $1, updated_at = $2,
+                             lease_until = NULL, lease_token = NULL
+             WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+        )
+        .bind(now + delay.as_millis() as i64)
+        .bind(now)
+        .bind(id)
+        .bind(token)
+        .execute(&mut **tx)
+        .await?;
+        Ok(snoozed.rows_affected() == 1)
+    }
+
     /// Gives a job back unfinished (shutdown): available now, and the attempt does not count.
     pub(crate) async fn release(&self, id: &str, token: &str) -> Result<bool, Error> {
         let now = self.now();

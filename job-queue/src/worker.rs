@@ -25,6 +25,9 @@ pub enum Outcome {
     },
     /// Do not try again: the job becomes `dead` with this error.
     Fail(String),
+    /// Not now, and not a failure: run again after this delay without using up an attempt
+    /// (a rate limit, a paused destination).
+    Snooze(Duration),
 }
 
 impl Outcome {
@@ -277,6 +280,11 @@ impl Worker {
                         let delay = after.unwrap_or_default();
                         self.queue
                             .retry_or_bury(&mut tx, &done.id, &done.token, delay, error, false)
+                            .await?
+                    }
+                    Outcome::Snooze(delay) => {
+                        self.queue
+                            .snooze(&mut tx, &done.id, &done.token, *delay)
                             .await?
                     }
                     Outcome::Fail(error) => {

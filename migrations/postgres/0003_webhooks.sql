@@ -10,6 +10,8 @@ CREATE TABLE webhook_endpoints (
     secret                TEXT NOT NULL,
     previous_secret       TEXT,
     previous_secret_until BIGINT,
+    rate_limit            BIGINT,
+    rate_next_at          BIGINT,
     status                TEXT NOT NULL CHECK (status IN ('enabled', 'paused', 'disabled')),
     disabled_reason       TEXT,
     success_count         BIGINT NOT NULL,

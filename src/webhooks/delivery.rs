@@ -9,6 +9,8 @@
 //!   immediate attempt; a `Retry-After` on 429/503 replaces the scheduled delay, within 1 s to
 //!   10 h. Delays are stored by the job queue, so they survive restarts. After the eighth attempt
 //!   the delivery is failed and its job dead (visible on `/v1/queue`).
+//! - An endpoint's `rate_limit` (deliveries per second) is enforced on its row, across nodes:
+//!   a delivery over the limit, like one to a paused endpoint, waits without using an attempt.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ pub const MAX_ATTEMPTS: u32 = 8;
 const RETRY_DELAYS_SECS: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
 const RETRY_AFTER_BOUNDS: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(36_000));
+/// How often the deliveries of a paused endpoint look again (they wait, using no attempt).
+const PAUSED_RECHECK: Duration = Duration::from_secs(60);
 /// How much of a receiver's answer an attempt keeps.
 const RESPONSE_KEPT_BYTES: usize = 4096;
 
@@ -203,10 +207,7 @@ async fn attempt(
     let endpoint = match endpoint {
         Some(endpoint) if endpoint.status == "enabled" => endpoint,
         Some(endpoint) if endpoint.status == "paused" => {
-            return Ok(Outcome::retry_after(
-                Duration::from_secs(300),
-                "the endpoint is paused",
-            ));
+            return Ok(Outcome::Snooze(PAUSED_RECHECK));
         }
         _ => {
             let mut tx = state.db.write(tenant).await?;
@@ -215,6 +216,15 @@ async fn attempt(
             return Ok(Outcome::Done);
         }
     };
+
+    if let Some(per_second) = endpoint.rate_limit {
+        let mut tx = state.db.write(tenant).await?;
+        let wait = store::take_rate_slot(&mut tx, tenant, &endpoint.id, per_second, now).await?;
+        tx.commit().await?;
+        if let Some(wait) = wait {
+            return Ok(Outcome::Snooze(Duration::from_millis(wait as u64)));
+        }
+    }
 
     let body = json!({
         "id": message.id,

@@ -51,6 +51,8 @@ pub struct Endpoint {
     /// `enabled`, `paused` or `disabled` (see `disabled_reason`).
     pub status: String,
     pub disabled_reason: Option<String>,
+    /// Deliveries per second it accepts (bursts of the same size); null for no limit.
+    pub rate_limit: Option<i64>,
     pub success_count: i64,
     pub failure_count: i64,
     pub consecutive_failures: i64,
@@ -114,6 +116,7 @@ impl From<StoredEndpoint> for Endpoint {
             description: e.description,
             status: e.status,
             disabled_reason: e.disabled_reason,
+            rate_limit: e.rate_limit,
             success_count: e.success_count,
             failure_count: e.failure_count,
             consecutive_failures: e.consecutive_failures,
@@ -140,6 +143,8 @@ pub struct CreateEndpoint {
     pub event_types: Vec<String>,
     #[serde(default)]
     pub description: String,
+    /// Deliveries per second, 1 to 10000; excess deliveries wait, none is dropped.
+    pub rate_limit: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -147,6 +152,26 @@ pub struct UpdateEndpoint {
     pub url: Option<String>,
     pub event_types: Option<Vec<String>>,
     pub description: Option<String>,
+    /// A new limit, or `null` to remove it; leave out to keep it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub rate_limit: Option<Option<i64>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(deserializer).map(Some)
+}
+
+fn check_rate_limit(rate_limit: Option<i64>, errors: &mut Vec<FieldError>) {
+    if rate_limit.is_some_and(|r| !(1..=10_000).contains(&r)) {
+        errors.push(FieldError::new(
+            "rate_limit",
+            "must be between 1 and 10000 deliveries per second",
+        ));
+    }
 }
 
 fn check_url(url: &str, errors: &mut Vec<FieldError>) {
@@ -211,6 +236,7 @@ async fn create_endpoint(
     check_url(&body.url, &mut errors);
     check_types(&body.event_types, &mut errors);
     check_description(&body.description, &mut errors);
+    check_rate_limit(body.rate_limit, &mut errors);
     validated(errors)?;
     let tenant = &principal.tenant_id;
     let event_types = join_types(&body.event_types);
@@ -232,6 +258,7 @@ async fn create_endpoint(
         secret: state.secrets.seal(&secret),
         previous_secret: None,
         previous_secret_until: None,
+        rate_limit: body.rate_limit,
         status: "enabled".to_owned(),
         disabled_reason: None,
         success_count: 0,
@@ -351,6 +378,9 @@ async fn update_endpoint(
     if let Some(description) = &body.description {
         check_description(description, &mut errors);
     }
+    if let Some(rate_limit) = body.rate_limit {
+        check_rate_limit(rate_limit, &mut errors);
+    }
     validated(errors)?;
     let (mut tx, mut endpoint) = load(&state, &principal, &id).await?;
     if let Some(url) = body.url {
@@ -361,6 +391,9 @@ async fn update_endpoint(
     }
     if let Some(description) = body.description {
         endpoint.description = description;
+    }
+    if let Some(rate_limit) = body.rate_limit {
+        endpoint.rate_limit = rate_limit;
     }
     store::update_endpoint(&mut tx, &endpoint, state.clock.now_ms()).await?;
     let endpoint = represent_one(&mut tx, &principal.tenant_id, endpoint).await?;

@@ -13,6 +13,7 @@ pub struct StoredEndpoint {
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_secret_until: Option<i64>,
+    pub rate_limit: Option<i64>,
     pub status: String,
     pub disabled_reason: Option<String>,
     pub success_count: i64,
@@ -26,14 +27,14 @@ pub struct StoredEndpoint {
 }
 
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, secret, previous_secret, \
-     previous_secret_until, status, disabled_reason, success_count, failure_count, \
+     previous_secret_until, rate_limit, status, disabled_reason, success_count, failure_count, \
      consecutive_failures, failing_since, last_status, last_attempt_at, last_success_at, created_at";
 
 pub async fn insert_endpoint(tx: &mut Tx, e: &StoredEndpoint) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret,
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret, rate_limit,
              status, success_count, failure_count, consecutive_failures, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'enabled', 0, 0, 0, $7, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', 0, 0, 0, $8, $8)",
     )
     .bind(&e.id)
     .bind(&e.tenant_id)
@@ -41,6 +42,7 @@ pub async fn insert_endpoint(tx: &mut Tx, e: &StoredEndpoint) -> sqlx::Result<()
     .bind(&e.description)
     .bind(&e.event_types)
     .bind(&e.secret)
+    .bind(e.rate_limit)
     .bind(e.created_at)
     .execute(&mut **tx)
     .await?;
@@ -110,8 +112,9 @@ pub async fn update_endpoint(tx: &mut Tx, e: &StoredEndpoint, now: i64) -> sqlx:
     sqlx::query(
         "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3,
              status = $4, disabled_reason = $5, consecutive_failures = $6, failing_since = $7,
-             secret = $8, previous_secret = $9, previous_secret_until = $10, updated_at = $11
-         WHERE tenant_id = $12 AND id = $13",
+             secret = $8, previous_secret = $9, previous_secret_until = $10, rate_limit = $11,
+             updated_at = $12
+         WHERE tenant_id = $13 AND id = $14",
     )
     .bind(&e.url)
     .bind(&e.description)
@@ -123,6 +126,7 @@ pub async fn update_endpoint(tx: &mut Tx, e: &StoredEndpoint, now: i64) -> sqlx:
     .bind(&e.secret)
     .bind(&e.previous_secret)
     .bind(e.previous_secret_until)
+    .bind(e.rate_limit)
     .bind(now)
     .bind(&e.tenant_id)
     .bind(&e.id)
@@ -546,4 +550,42 @@ pub async fn counters(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Vec<Endpoint
     .bind(tenant_id)
     .fetch_all(&mut **tx)
     .await
+}
+
+/// The endpoint's rate limit as GCRA on its row, so every node shares it: a delivery may go
+/// when the theoretical arrival time `rate_next_at` is at most a burst ahead of now, and then
+/// pushes it one interval further. Returns `None` when this delivery may go now, else how long
+/// to wait before asking again.
+pub async fn take_rate_slot(
+    tx: &mut Tx,
+    tenant_id: &str,
+    endpoint_id: &str,
+    per_second: i64,
+    now: i64,
+) -> sqlx::Result<Option<i64>> {
+    let interval = (1000 / per_second.max(1)).max(1);
+    let tolerance = 1000 - interval;
+    let taken = sqlx::query(
+        "UPDATE webhook_endpoints
+         SET rate_next_at = (CASE WHEN rate_next_at IS NULL OR rate_next_at < $1 THEN $1 ELSE rate_next_at END) + $2
+         WHERE tenant_id = $3 AND id = $4 AND (rate_next_at IS NULL OR rate_next_at <= $1 + $5)",
+    )
+    .bind(now)
+    .bind(interval)
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .bind(tolerance)
+    .execute(&mut **tx)
+    .await?;
+    if taken.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let (next,): (Option<i64>,) = sqlx::query_as(
+        "SELECT rate_next_at FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Some((next.unwrap_or(now) - tolerance - now).max(10)))
 }
