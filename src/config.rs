@@ -98,6 +98,16 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
+    /// Seconds a worker holds a job before another node may take it over, should the worker
+    /// die. Running jobs renew it every third of that; a shorter lease means a faster takeover.
+    #[arg(
+        long,
+        env = "SWITCHYARD_JOB_LEASE_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub job_lease_secs: u64,
+
     /// Hours a finished job is kept before it is purged (dead jobs are kept until replayed).
     #[arg(
         long,

@@ -3,79 +3,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::process::{free_port, key_in, run, stdout, switchyard, terminate, wait_ready};
 use common::{Engine, TestDb, TestServer};
 use reqwest::StatusCode;
-
-const SECRETS_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 on_both_engines!(
     first_start_prints_a_working_admin_key_once_and_sigterm_stops_cleanly,
     keys_commands_mint_list_and_revoke,
     tenants_are_created_only_in_multi_mode,
 );
-
-/// The binary with a clean environment pointed at `db`.
-fn switchyard(db: &TestDb) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("SWITCHYARD_SECRETS_KEY", SECRETS_KEY)
-        .env("SWITCHYARD_LOG", "warn");
-    if let Some(app_url) = &db.app_url {
-        command.env("DATABASE_URL_APP", app_url);
-    }
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("the binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
-            if response.status() == StatusCode::OK {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {base} never became ready");
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    child.wait().unwrap()
-}
-
-fn key_in(text: &str) -> Option<String> {
-    text.split_whitespace()
-        .map(|word| word.trim_matches(|c: char| c == '\''))
-        .find(|word| word.starts_with("sy_") && word.len() == 3 + 12 + 1 + 32)
-        .map(str::to_owned)
-}
 
 async fn first_start_prints_a_working_admin_key_once_and_sigterm_stops_cleanly(engine: Engine) {
     let db = TestDb::create(engine).await;

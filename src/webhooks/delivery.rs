@@ -40,11 +40,13 @@ const RESPONSE_KEPT_BYTES: usize = 4096;
 /// Registers the dispatch and delivery handlers on `worker`.
 pub fn register(worker: Worker, state: AppState) -> Worker {
     let dispatch_state = state.clone();
+    let lease = Duration::from_secs(state.config.job_lease_secs);
     worker
         .register(
             DISPATCH,
             KindOptions {
                 concurrency: 8,
+                lease,
                 ..KindOptions::default()
             },
             move |job| dispatch(dispatch_state.clone(), job),
@@ -60,7 +62,7 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
                         .collect(),
                     jitter_percent: 20,
                 },
-                lease: Duration::from_secs(60),
+                lease,
             },
             move |job| deliver(state.clone(), job),
         )

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Once;
 
 use clap::Parser as _;
@@ -43,6 +45,9 @@ pub enum Engine {
     Sqlite,
     Postgres,
 }
+
+/// The secrets key every test server uses.
+pub const SECRETS_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// The restricted role the server connects as on PostgreSQL: no superuser, no BYPASSRLS.
 pub const APP_ROLE: &str = "switchyard_test_app";
@@ -130,10 +135,7 @@ impl TestDb {
     pub fn config(&self, extra: &[&str]) -> Config {
         let mut options = vec![
             ("--database-url", self.url.clone()),
-            (
-                "--secrets-key",
-                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned(),
-            ),
+            ("--secrets-key", SECRETS_KEY.to_owned()),
             ("--rate-limit-per-key", "10000".to_owned()),
             ("--rate-limit-per-ip", "10000".to_owned()),
             ("--listen", "127.0.0.1:0".to_owned()),
