@@ -1,0 +1,255 @@
+//! Webhook benchmark: emit-to-receipt throughput and latency with 1, 5 and 10 endpoints, in a
+//! burst (as fast as messages can be accepted) and paced (250 messages/s), beside the receiver's
+//! own capacity measured in the same run.
+//!
+//!     cargo bench --bench webhooks                    # SQLite
+//!     SWITCHYARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo bench --bench webhooks
+//!
+//! Each message is accepted the way slices accept them (`outbox::emit` in a committed
+//! transaction); latency runs from that commit to the receiver reading the request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use clap::Parser as _;
+use serde_json::json;
+use switchyard::app::{self, Running};
+use switchyard::clock::Clock;
+use tokio::sync::mpsc;
+
+const BURST_MESSAGES: usize = 1000;
+const PACED_RATE: u64 = 250;
+const PACED_MESSAGES: usize = 750;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engines = vec![(
+        "SQLite",
+        format!("sqlite:{}", dir.path().join("bench.db").display()),
+        None,
+    )];
+    if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
+        let name = format!("sy_bench_hooks_{}", std::process::id());
+        admin(&server, &format!("CREATE DATABASE {name}")).await;
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&name);
+        engines.push(("PostgreSQL", url.to_string(), Some((server, name))));
+    }
+    let (receiver_port, mut arrivals) = receiver().await;
+    println!(
+        "receiver capacity          {:>7.0} requests/s (reference: 32 concurrent plain POSTs)",
+        capacity(receiver_port).await
+    );
+    for (name, url, cleanup) in engines {
+        println!("\n== {name} ==");
+        let running = start(&url).await;
+        for endpoints in [1, 5, 10] {
+            let key = running.first_start.as_ref().unwrap().key.plaintext.clone();
+            subscribe(&running, &key, receiver_port, endpoints).await;
+            let burst = measure(&running, &mut arrivals, endpoints, BURST_MESSAGES, None).await;
+            println!(
+                "{endpoints:>2} endpoint(s), burst      {:>7.0} deliveries/s   p50 {:>7.2} ms  p99 {:>7.2} ms",
+                burst.0, burst.1, burst.2
+            );
+            let paced = measure(
+                &running,
+                &mut arrivals,
+                endpoints,
+                PACED_MESSAGES,
+                Some(PACED_RATE),
+            )
+            .await;
+            println!(
+                "{endpoints:>2} endpoint(s), {PACED_RATE} msg/s   {:>7.0} deliveries/s   p50 {:>7.2} ms  p99 {:>7.2} ms",
+                paced.0, paced.1, paced.2
+            );
+        }
+        running.shutdown().await.unwrap();
+        if let Some((server, name)) = cleanup {
+            admin(&server, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+        }
+    }
+}
+
+async fn admin(server: &str, sql: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+}
+
+/// A receiver that reports (message id, arrival) for every delivery.
+async fn receiver() -> (u16, mpsc::UnboundedReceiver<(String, Instant)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/hook/{n}",
+            axum::routing::post(move |headers: HeaderMap| {
+                let tx = tx.clone();
+                async move {
+                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                        let _ = tx.send((id.to_owned(), Instant::now()));
+                    }
+                    "ok"
+                }
+            }),
+        )
+        .route("/plain", axum::routing::post(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, rx)
+}
+
+async fn capacity(port: u16) -> f64 {
+    let client = reqwest::Client::new();
+    let total = 4000;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for _ in (worker..total).step_by(32) {
+                client
+                    .post(format!("http://127.0.0.1:{port}/plain"))
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn start(url: &str) -> Running {
+    let args = [
+        "switchyard",
+        "--database-url",
+        url,
+        "--secrets-key",
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        "--outbound-allow",
+        "127.0.0.0/8",
+        "--rate-limit-per-key",
+        "100000",
+        "--log",
+        "warn",
+        "--db-max-connections",
+        "20",
+        "serve",
+    ];
+    let config = switchyard::cli::Cli::try_parse_from(args).unwrap().config;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    app::start(config, Clock::default(), listener)
+        .await
+        .unwrap()
+}
+
+/// Replaces the subscriptions with `count` endpoints on the receiver.
+async fn subscribe(running: &Running, key: &str, port: u16, count: usize) {
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let existing: serde_json::Value = client
+        .get(format!("{base}/v1/webhooks?limit=200"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for endpoint in existing["data"].as_array().unwrap() {
+        let id = endpoint["id"].as_str().unwrap();
+        client
+            .delete(format!("{base}/v1/webhooks/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    for n in 0..count {
+        let body = json!({ "url": format!("http://127.0.0.1:{port}/hook/{n}") });
+        let created = client
+            .post(format!("{base}/v1/webhooks"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    }
+}
+
+/// Emits `messages` (as fast as possible, or at `rate` per second) and waits for every
+/// delivery. Returns deliveries/s and the p50/p99 commit-to-receipt latency in ms.
+async fn measure(
+    running: &Running,
+    arrivals: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+    endpoints: usize,
+    messages: usize,
+    rate: Option<u64>,
+) -> (f64, f64, f64) {
+    let state = running.state.clone();
+    let tenant = running.first_start.as_ref().unwrap().tenant.id.clone();
+    let committed: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let emitter = {
+        let committed = committed.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for n in 0..messages {
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_micros(n as u64 * 1_000_000 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut tx = state.db.write(&tenant).await.unwrap();
+                let id = switchyard::outbox::emit(
+                    &mut tx,
+                    &state.queue,
+                    &state.clock,
+                    &tenant,
+                    "partner.created",
+                    json!({ "n": n }),
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                committed.lock().unwrap().insert(id, Instant::now());
+                state.queue.committed();
+            }
+            started
+        })
+    };
+    let expected = messages * endpoints;
+    let mut received = Vec::with_capacity(expected);
+    while received.len() < expected {
+        let arrival = tokio::time::timeout(Duration::from_secs(120), arrivals.recv())
+            .await
+            .expect("deliveries keep arriving")
+            .unwrap();
+        received.push(arrival);
+    }
+    let started = emitter.await.unwrap();
+    let last = received.iter().map(|(_, at)| *at).max().unwrap();
+    let committed = committed.lock().unwrap();
+    let mut latencies: Vec<f64> = received
+        .iter()
+        .filter_map(|(id, at)| {
+            Some(
+                at.saturating_duration_since(*committed.get(id)?)
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (
+        expected as f64 / last.duration_since(started).as_secs_f64(),
+        at(0.50),
+        at(0.99),
+    )
+}
