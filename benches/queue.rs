@@ -65,7 +65,7 @@ async fn run(engine: &Engine) {
     db.migrate().await.unwrap();
     let clock = Clock::default();
     let queue = Queue::new(
-        db.pool().clone(),
+        db.writer().clone(),
         db.dialect().queue_engine(),
         Arc::new(move || clock.now_ms()),
     );

@@ -139,7 +139,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         config.rate_limit_per_ip,
     ));
     let queue = Queue::new(
-        db.pool().clone(),
+        db.writer().clone(),
         db.dialect().queue_engine(),
         Arc::new({
             let clock = clock.clone();

@@ -48,7 +48,7 @@ async fn fixture(engine: Engine) -> Fixture {
         let clock = clock.clone();
         Arc::new(move || clock.now_ms())
     };
-    let queue = Queue::new(db.pool().clone(), db.dialect().queue_engine(), now);
+    let queue = Queue::new(db.writer().clone(), db.dialect().queue_engine(), now);
     Fixture {
         _db: test_db,
         db,

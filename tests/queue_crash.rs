@@ -26,7 +26,7 @@ async fn open(url: &str) -> (Db, Queue) {
     let db = Db::connect(url, 10).await.unwrap();
     let clock = Clock::default();
     let queue = Queue::new(
-        db.pool().clone(),
+        db.writer().clone(),
         db.dialect().queue_engine(),
         Arc::new(move || clock.now_ms()),
     );

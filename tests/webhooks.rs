@@ -25,6 +25,7 @@ on_both_engines!(
     the_catalog_serves_schemas_its_examples_satisfy,
     a_test_fire_reaches_the_endpoint_whatever_its_filter,
     a_rate_limited_endpoint_gets_every_delivery_in_its_own_time,
+    an_endpoint_failing_past_the_window_is_disabled,
 );
 
 /// A request the receiver got.
@@ -814,5 +815,39 @@ async fn a_rate_limited_endpoint_gets_every_delivery_in_its_own_time(engine: Eng
         )
         .await;
     assert_eq!(cleared["rate_limit"], Value::Null);
+    srv.stop().await;
+}
+
+async fn an_endpoint_failing_past_the_window_is_disabled(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--webhook-disable-after-hours", "24"]).await;
+    let mut receiver = Receiver::start().await;
+    for _ in 0..3 {
+        receiver.answer(500, Vec::new());
+    }
+    let endpoint = subscribe(&srv, &receiver.url, json!([])).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let first = emit(&srv, "partner.created", json!({})).await;
+    receiver.next().await;
+    wait_for_delivery(&srv, &first, id, "pending", 1).await;
+
+    // A day of failures later (the clock moves; nothing sleeps), the next failure disables it.
+    srv.clock.advance(Duration::from_secs(25 * 3600));
+    receiver.next().await;
+    wait_for_delivery(&srv, &first, id, "failed", 2).await;
+    let (_, disabled) = srv.get(&format!("/v1/webhooks/{id}"), &srv.admin_key).await;
+    assert_eq!(disabled["status"], "disabled");
+    assert!(disabled["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("failing continuously"));
+    assert_eq!(disabled["consecutive_failures"], 2);
+
+    // Disabled endpoints receive nothing new.
+    let second = emit(&srv, "partner.created", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        delivery(&srv, &second, id).await.is_none(),
+        "no delivery is created for it"
+    );
     srv.stop().await;
 }

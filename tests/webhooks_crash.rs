@@ -102,7 +102,7 @@ async fn a_killed_server_delivers_every_accepted_message_after_restart(engine: E
     // Messages are accepted the way every slice accepts them: emitted in a committed transaction.
     let store = Db::connect(&db.url, 2).await.unwrap();
     let clock = Clock::default();
-    let queue = job_queue::Queue::new(store.pool().clone(), store.dialect().queue_engine(), {
+    let queue = job_queue::Queue::new(store.writer().clone(), store.dialect().queue_engine(), {
         let clock = clock.clone();
         Arc::new(move || clock.now_ms())
     });

@@ -22,10 +22,16 @@ pub type Tx = sqlx::Transaction<'static, Any>;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// The connection pool and the engine it talks to.
+/// The connection pools and the engine they talk to.
+///
+/// Writes go through `writer`. On PostgreSQL it is the same pool as reads. On SQLite, which
+/// allows one writer at a time, it holds a single connection: writers then queue in order for
+/// it instead of colliding on the file lock, where SQLite's busy handler would make them sleep
+/// in growing steps.
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    writer: AnyPool,
     dialect: Dialect,
 }
 
@@ -41,22 +47,41 @@ impl Db {
             }
             _ => url.to_owned(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| Box::pin(dialect.prepare_connection(conn)))
-            .connect(&url)
+        let open = |max_connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |conn, _meta| Box::pin(dialect.prepare_connection(conn)))
+                .connect(&url)
+        };
+        let pool = open(max_connections)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open database: {e}"))?;
-        Ok(Self { pool, dialect })
+        let writer = match dialect {
+            Dialect::Sqlite => open(1)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open database: {e}"))?,
+            Dialect::Postgres => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            writer,
+            dialect,
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
+    /// The pool for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for writes (the job queue writes through it too).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Applies every pending migration of this engine.
@@ -66,7 +91,7 @@ impl Db {
             Dialect::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator
-            .run(&self.pool)
+            .run(&self.writer)
             .await
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
     }
@@ -100,14 +125,14 @@ impl Db {
 
     /// A write transaction scoped to `tenant_id`.
     pub async fn write(&self, tenant_id: &str) -> sqlx::Result<Tx> {
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let mut tx = self.writer.begin_with(self.dialect.begin_write()).await?;
         self.set_local(&mut tx, TENANT_SETTING, tenant_id).await?;
         Ok(tx)
     }
 
     /// A write transaction on tables that belong to no tenant (the tenant registry).
     pub async fn write_global(&self) -> sqlx::Result<Tx> {
-        self.pool.begin_with(self.dialect.begin_write()).await
+        self.writer.begin_with(self.dialect.begin_write()).await
     }
 
     /// Sets a per-transaction RLS setting (a no-op on SQLite).
@@ -129,6 +154,7 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
