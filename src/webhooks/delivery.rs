@@ -277,8 +277,10 @@ async fn attempt(
     )
     .await?;
     let outcome = if succeeded {
-        store::count_success(&mut tx, tenant, &endpoint.id, status, now).await?;
+        // The endpoint row is shared by all its deliveries: update it last, so its row lock is
+        // held only until the commit that follows.
         store::finish_attempt(&mut tx, tenant, &delivery.id, "succeeded", status, now).await?;
+        store::count_success(&mut tx, tenant, &endpoint.id, status, now).await?;
         Outcome::Done
     } else {
         let window = Duration::from_secs(state.config.webhook_disable_after_hours * 3600);
