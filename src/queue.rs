@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::http::error::{Error, Problem, Result};
+use crate::http::error::{AuthProblems, Error, NotFoundProblem, Result};
 use crate::http::extract::Path;
 use crate::keys::Principal;
 
@@ -46,8 +46,7 @@ pub struct QueueStats {
 #[utoipa::path(get, path = "/v1/queue", tag = "operations",
     responses(
         (status = 200, body = QueueStats),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
     ))]
 async fn queue_stats(
     State(state): State<AppState>,
@@ -78,9 +77,8 @@ async fn queue_stats(
     params(("id" = String, Path, description = "Job id, `job_...`")),
     responses(
         (status = 202, description = "The job is due again"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn replay_job(
     State(state): State<AppState>,

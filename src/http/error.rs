@@ -27,6 +27,41 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// The OpenAPI answers every route behind an API key can give: 401 and 403.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthProblems {
+    #[response(
+        status = 401,
+        description = "No valid API key",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "The key lacks the scope",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+}
+
+/// The OpenAPI answer of a route whose object does not exist.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No such object for this tenant",
+    content_type = "application/problem+json"
+)]
+pub struct NotFoundProblem(pub Problem);
+
+/// The OpenAPI answer of a route given invalid fields.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 422,
+    description = "Invalid fields, listed in `errors`",
+    content_type = "application/problem+json"
+)]
+pub struct InvalidProblem(pub Problem);
+
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct FieldError {
     pub field: String,

@@ -9,7 +9,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::http::error::{Error, FieldError, Problem, Result};
+use crate::http::error::{
+    AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Problem, Result,
+};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
 
@@ -75,9 +77,8 @@ pub struct CreateKey {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "keys", request_body = CreateKey,
     responses(
         (status = 201, body = IssuedKey),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        InvalidProblem,
     ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -154,9 +155,8 @@ pub struct ListKeys {
 #[utoipa::path(get, path = "/v1/api-keys", tag = "keys", params(ListKeys),
     responses(
         (status = 200, body = List<ApiKey>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        InvalidProblem,
     ))]
 async fn list_keys(
     State(state): State<AppState>,
@@ -184,9 +184,8 @@ async fn list_keys(
     params(("id" = String, Path, description = "Key id, `key_...`")),
     responses(
         (status = 204, description = "Revoked (or already revoked)"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn revoke_key(
     State(state): State<AppState>,

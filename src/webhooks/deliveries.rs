@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::clock::rfc3339;
-use crate::http::error::{Error, Problem, Result};
+use crate::http::error::{AuthProblems, Error, InvalidProblem, NotFoundProblem, Problem, Result};
 use crate::http::extract::{Path, Query};
 use crate::http::pagination::{List, Page};
 use crate::keys::{Principal, Scope};
@@ -106,9 +106,8 @@ pub struct ListDeliveries {
     params(("id" = String, Path, description = "Endpoint id, `ep_...`"), ListDeliveries),
     responses(
         (status = 200, body = List<Delivery>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn list_deliveries(
     State(state): State<AppState>,
@@ -137,9 +136,8 @@ async fn list_deliveries(
     params(("id" = String, Path, description = "Delivery id, `dlv_...`")),
     responses(
         (status = 200, body = DeliveryWithAttempts),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn get_delivery(
     State(state): State<AppState>,
@@ -176,9 +174,8 @@ pub(crate) async fn with_attempts(
     params(("id" = String, Path, description = "Delivery id, `dlv_...`")),
     responses(
         (status = 202, description = "The delivery is pending again"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
         (status = 409, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn replay_delivery(
@@ -230,10 +227,9 @@ pub struct Replayed {
     params(("id" = String, Path, description = "Endpoint id, `ep_...`"), ReplaySince),
     responses(
         (status = 202, body = Replayed),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
+        InvalidProblem,
     ))]
 async fn replay_failed(
     State(state): State<AppState>,

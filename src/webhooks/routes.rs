@@ -15,7 +15,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::db::Tx;
-use crate::http::error::{Error, FieldError, Problem, Result};
+use crate::http::error::{
+    AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result,
+};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
 use crate::ids;
@@ -222,9 +224,8 @@ fn validated(errors: Vec<FieldError>) -> Result<()> {
     responses(
         (status = 201, body = EndpointWithSecret),
         (status = 200, body = Endpoint, description = "Already subscribed"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        InvalidProblem,
     ))]
 async fn create_endpoint(
     State(state): State<AppState>,
@@ -294,9 +295,8 @@ pub struct ListEndpoints {
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListEndpoints),
     responses(
         (status = 200, body = List<Endpoint>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        InvalidProblem,
     ))]
 async fn list_endpoints(
     State(state): State<AppState>,
@@ -331,9 +331,8 @@ async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<(Tx, 
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 200, body = Endpoint),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn get_endpoint(
     State(state): State<AppState>,
@@ -356,10 +355,9 @@ async fn get_endpoint(
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 200, body = Endpoint),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
+        InvalidProblem,
     ))]
 async fn update_endpoint(
     State(state): State<AppState>,
@@ -406,9 +404,8 @@ async fn update_endpoint(
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn delete_endpoint(
     State(state): State<AppState>,
@@ -452,9 +449,8 @@ async fn set_status(
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 200, body = Endpoint),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn pause_endpoint(
     State(state): State<AppState>,
@@ -469,9 +465,8 @@ async fn pause_endpoint(
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 200, body = Endpoint),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn resume_endpoint(
     State(state): State<AppState>,
@@ -487,9 +482,8 @@ async fn resume_endpoint(
     params(("id" = String, Path, description = "Endpoint id, `ep_...`")),
     responses(
         (status = 200, body = EndpointWithSecret),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
     ))]
 async fn rotate_secret(
     State(state): State<AppState>,
@@ -525,10 +519,9 @@ pub struct TestFire {
     params(("id" = String, Path, description = "Endpoint id, `ep_...`"), TestFire),
     responses(
         (status = 200, body = DeliveryWithAttempts),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
+        NotFoundProblem,
+        InvalidProblem,
     ))]
 async fn test_fire(
     State(state): State<AppState>,
@@ -578,8 +571,7 @@ pub struct EventTypes {
 #[utoipa::path(get, path = "/v1/event-types", tag = "webhooks",
     responses(
         (status = 200, body = EventTypes),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        AuthProblems,
     ))]
 async fn event_types(principal: Principal) -> Result<axum::Json<EventTypes>> {
     principal.require(Scope::WebhooksRead)?;
