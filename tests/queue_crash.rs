@@ -59,7 +59,7 @@ fn logging_worker(db: &Db, queue: &Queue, runner: &'static str) -> Worker {
             if let Err(err) = logged {
                 return Outcome::retry(err.to_string());
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let finished = sqlx::query("UPDATE job_runs SET finished_at = $1 WHERE job_id = $2 AND runner = $3 AND started_at = $4")
                 .bind(now_ms())
                 .bind(&job.id)
@@ -119,12 +119,20 @@ async fn a_killed_worker_loses_no_job(engine: Engine) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Kill once ten runs have finished and some are under way (runs take 300 ms, so the kill
+    // lands inside them; between one run's end and the next claim nothing is running).
     while count(
         &db,
         "SELECT COUNT(*) FROM job_runs WHERE finished_at IS NOT NULL",
     )
     .await
         < 10
+        || count(
+            &db,
+            "SELECT COUNT(*) FROM job_runs WHERE finished_at IS NULL",
+        )
+        .await
+            == 0
     {
         assert!(
             Instant::now() < deadline,
