@@ -16,6 +16,7 @@ use crate::http::pagination::{List, Page};
 use crate::keys::{Principal, Scope};
 
 use super::delivery::schedule;
+use super::routes::existing;
 use super::store::{self, AttemptRow, DeliveryRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -119,9 +120,7 @@ async fn list_deliveries(
     let page = Page::new(query.limit, query.cursor.as_deref())?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
-    if store::find_endpoint(&mut tx, tenant, &id).await?.is_none() {
-        return Err(Error::not_found("webhook endpoint"));
-    }
+    existing(&mut tx, tenant, &id).await?;
     let rows = store::list_deliveries(&mut tx, tenant, &id, &page).await?;
     tx.commit().await?;
     let list = page.finish(rows, |d| (d.created_at, &d.id));
@@ -251,9 +250,7 @@ async fn replay_failed(
     let tenant = &principal.tenant_id;
     let now = state.clock.now_ms();
     let mut tx = state.db.write(tenant).await?;
-    if store::find_endpoint(&mut tx, tenant, &id).await?.is_none() {
-        return Err(Error::not_found("webhook endpoint"));
-    }
+    existing(&mut tx, tenant, &id).await?;
     let failed = store::failed_since(&mut tx, tenant, &id, since).await?;
     for delivery in &failed {
         store::reopen_delivery(&mut tx, tenant, delivery, now).await?;

@@ -317,12 +317,17 @@ async fn list_endpoints(
     }))
 }
 
+/// The tenant's live endpoint `id`, or 404.
+pub(crate) async fn existing(tx: &mut Tx, tenant: &str, id: &str) -> Result<StoredEndpoint> {
+    store::find_endpoint(tx, tenant, id)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint"))
+}
+
 async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<(Tx, StoredEndpoint)> {
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
-    let endpoint = store::find_endpoint(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| Error::not_found("webhook endpoint"))?;
+    let endpoint = existing(&mut tx, tenant, id).await?;
     Ok((tx, endpoint))
 }
 
@@ -342,9 +347,7 @@ async fn get_endpoint(
     principal.require(Scope::WebhooksRead)?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
-    let endpoint = store::find_endpoint(&mut tx, tenant, &id)
-        .await?
-        .ok_or_else(|| Error::not_found("webhook endpoint"))?;
+    let endpoint = existing(&mut tx, tenant, &id).await?;
     let endpoint = represent_one(&mut tx, tenant, endpoint).await?;
     tx.commit().await?;
     Ok(axum::Json(endpoint))
