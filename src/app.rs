@@ -21,6 +21,7 @@ use crate::db::{Db, Dialect, TENANT_SETTING};
 use crate::http::ops::Metrics;
 use crate::http::rate_limit::RateLimits;
 use crate::keys::{self, IssuedKey, KeyKind, NewKey};
+use crate::links::Links;
 use crate::outbound::{Guard, Outbound};
 use crate::secrets::{self, SecretBox};
 use crate::tenants::{self, Tenant};
@@ -38,6 +39,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub limits: Arc<RateLimits>,
     pub metrics: Arc<Metrics>,
+    pub links: Arc<Links>,
 }
 
 /// The default tenant and admin key created on first start: shown once.
@@ -150,6 +152,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         Guard::new(config.outbound_allow.clone()),
         Duration::from_secs(config.webhook_timeout_secs),
     );
+    let links = Links::start(db.clone());
     let state = AppState {
         queue: queue.clone(),
         outbound,
@@ -158,6 +161,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         secrets,
         limits: limits.clone(),
         metrics: Arc::new(Metrics::default()),
+        links,
         config: Arc::new(config),
     };
     let router = crate::http::router(state.clone());

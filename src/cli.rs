@@ -102,6 +102,10 @@ pub enum TenantsCommand {
         /// Display name; defaults to the slug.
         #[arg(long)]
         name: Option<String>,
+        /// Region for the tenant's phone numbers written without a country code (e.g. `US`);
+        /// defaults to `SWITCHYARD_PHONE_REGION`.
+        #[arg(long, value_parser = crate::identities::parse_region)]
+        phone_region: Option<phonenumber::country::Id>,
     },
 }
 
@@ -249,7 +253,11 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
 }
 
 async fn tenants_command(config: &Config, command: TenantsCommand) -> anyhow::Result<()> {
-    let TenantsCommand::Create { slug, name } = command;
+    let TenantsCommand::Create {
+        slug,
+        name,
+        phone_region,
+    } = command;
     anyhow::ensure!(
         config.tenancy == Tenancy::Multi,
         "this hub runs in single-tenant mode; set SWITCHYARD_TENANCY=multi to create tenants"
@@ -259,6 +267,9 @@ async fn tenants_command(config: &Config, command: TenantsCommand) -> anyhow::Re
     let mut tx = db.write_global().await?;
     let name = name.unwrap_or_else(|| slug.clone());
     let tenant = tenants::create(&mut tx, &clock, &slug, &name).await?;
+    if let Some(region) = phone_region {
+        tenants::set_phone_region(&mut tx, &tenant.id, Some(region.as_ref())).await?;
+    }
     db.set_local(&mut tx, crate::db::TENANT_SETTING, &tenant.id)
         .await?;
     let issued = keys::issue(

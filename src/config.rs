@@ -117,6 +117,17 @@ pub struct Config {
     )]
     pub job_retention_hours: u64,
 
+    /// Region (ISO 3166 code) for phone numbers written without a country code, for tenants
+    /// that set none of their own: `07911 123456` in `GB` is `+447911123456`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_PHONE_REGION",
+        default_value = "GB",
+        value_parser = crate::identities::parse_region,
+        global = true
+    )]
+    pub phone_region: phonenumber::country::Id,
+
     /// Networks outbound requests may reach although they are not public, as comma-separated
     /// CIDRs (e.g. `10.0.0.0/8,127.0.0.0/8`). Everything else internal is refused (SSRF guard).
     #[arg(

@@ -6,15 +6,19 @@
 //! server, and `cli` is the command line around it.
 
 pub mod app;
+pub mod campaigns;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod identities;
 pub mod ids;
 pub mod keys;
+pub mod links;
 pub mod outbound;
 pub mod outbox;
+pub mod partners;
 pub mod queue;
 pub mod secrets;
 pub mod tenants;

@@ -12,7 +12,9 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 const VERSION: &str = "v1:";
 const NONCE_LEN: usize = 12;
@@ -21,6 +23,8 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    /// HMAC key for [`SecretBox::fingerprint`], derived from the secrets key.
+    fingerprint_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -48,9 +52,24 @@ impl SecretBox {
             .or_else(|| STANDARD.decode(encoded).ok())
             .filter(|b| b.len() == 32)
             .ok_or(SecretError::BadKey)?;
+        let fingerprint_key = Sha256::new()
+            .chain_update(b"switchyard fingerprint v1")
+            .chain_update(&bytes)
+            .finalize()
+            .into();
         Ok(Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            fingerprint_key,
         })
+    }
+
+    /// A keyed, one-way digest of `data` (128 bits, hex): recognisable when it recurs, but not
+    /// reversible by anyone without the secrets key, even for small inputs such as IP addresses.
+    pub fn fingerprint(&self, data: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(data.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     pub fn seal(&self, plaintext: &str) -> String {

@@ -19,6 +19,9 @@ pub const TENANT_SETTING: &str = "switchyard.tenant_id";
 /// The per-transaction setting that lets the authentication lookup see exactly one API key row
 /// (the one whose public prefix was presented) before the tenant is known.
 pub const KEY_PREFIX_SETTING: &str = "switchyard.key_prefix";
+/// The per-transaction setting that lets the click router see exactly one link row (the one whose
+/// key was requested) before the tenant is known.
+pub const LINK_KEY_SETTING: &str = "switchyard.link_key";
 
 impl Dialect {
     pub fn from_url(url: &str) -> anyhow::Result<Self> {

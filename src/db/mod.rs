@@ -8,7 +8,7 @@
 
 mod dialect;
 
-pub use dialect::{Dialect, KEY_PREFIX_SETTING, TENANT_SETTING};
+pub use dialect::{Dialect, KEY_PREFIX_SETTING, LINK_KEY_SETTING, TENANT_SETTING};
 
 use std::time::Duration;
 

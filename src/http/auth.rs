@@ -75,6 +75,10 @@ impl FromRequestParts<AppState> for Principal {
                 return Err(match rejected {
                     Rejected::Unknown => Error::Unauthorized,
                     Rejected::Revoked => Error::RevokedKey,
+                    Rejected::PartnerRevoked => Error::Forbidden {
+                        code: "partner_revoked",
+                        detail: "this key's partner is revoked".to_owned(),
+                    },
                 });
             }
         };

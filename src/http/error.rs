@@ -86,6 +86,8 @@ pub enum Error {
     #[error("this key lacks the `{0}` scope")]
     ForbiddenScope(&'static str),
     #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
+    #[error("{detail}")]
     NotFound { code: &'static str, detail: String },
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
@@ -127,6 +129,7 @@ impl Error {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::RevokedKey => (StatusCode::UNAUTHORIZED, "key_revoked"),
             Self::ForbiddenScope(_) => (StatusCode::FORBIDDEN, "forbidden_scope"),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),

@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod rate_limit;
+pub mod validate;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode, Uri};

@@ -25,6 +25,10 @@ use crate::app::AppState;
     security(("bearer" = [])),
     tags(
         (name = "keys", description = "Who am I, and API keys"),
+        (name = "partners", description = "Partners, their commission terms and campaigns"),
+        (name = "campaigns", description = "Campaigns: destinations, commission rules, attribution"),
+        (name = "links", description = "Share links and the click router"),
+        (name = "identities", description = "The identity graph: customers and members by e-mail, phone and ids"),
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
@@ -54,6 +58,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::keys::routes::router())
         .merge(super::ops::router())
         .merge(crate::queue::router())
+        .merge(crate::partners::routes::router())
+        .merge(crate::campaigns::routes::router())
+        .merge(crate::links::routes::router())
+        .merge(crate::identities::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::webhooks::deliveries::router())
 }

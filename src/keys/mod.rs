@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::clock::{rfc3339, Clock};
-use crate::db::{Db, Tx, KEY_PREFIX_SETTING};
+use crate::db::{Db, Tx, KEY_PREFIX_SETTING, TENANT_SETTING};
 use crate::ids;
 
 pub use store::StoredKey;
@@ -204,6 +204,13 @@ pub async fn issue(
         (KeyKind::Partner, Some(id)) if !ids::is_valid("ptr", id) => {
             return Err(invalid("partner_id", "must look like ptr_<ULID>"))
         }
+        (KeyKind::Partner, Some(id)) => {
+            match crate::partners::store::status(tx, tenant_id, id).await? {
+                Some(status) if status == "active" => {}
+                Some(_) => return Err(invalid("partner_id", "the partner is revoked")),
+                None => return Err(invalid("partner_id", "the tenant has no such partner")),
+            }
+        }
         (KeyKind::Admin | KeyKind::Scoped, Some(_)) => {
             return Err(invalid(
                 "partner_id",
@@ -254,6 +261,8 @@ fn dedup(mut scopes: Vec<Scope>) -> Vec<Scope> {
 pub enum Rejected {
     Unknown,
     Revoked,
+    /// A partner key whose partner is revoked: it works again if the partner is reinstated.
+    PartnerRevoked,
 }
 
 /// Checks a presented key. Looks the key up by its public prefix (on PostgreSQL the RLS policy
@@ -281,6 +290,13 @@ pub async fn authenticate(
     }
     if key.revoked_at.is_some() {
         return Ok(Err(Rejected::Revoked));
+    }
+    if let Some(partner_id) = &key.partner_id {
+        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id).await?;
+        let status = crate::partners::store::status(&mut tx, &key.tenant_id, partner_id).await?;
+        if status.as_deref() != Some("active") {
+            return Ok(Err(Rejected::PartnerRevoked));
+        }
     }
     let now = clock.now_ms();
     tx.commit().await?;

@@ -131,6 +131,26 @@ pub async fn find_by_slug(tx: &mut Tx, slug: &str) -> sqlx::Result<Option<Tenant
         .await
 }
 
+/// The tenant's own phone region (ISO 3166 code), if it set one.
+pub async fn phone_region(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT phone_region FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.and_then(|(region,)| region))
+}
+
+/// Sets the tenant's phone region (`None`: use the server's).
+pub async fn set_phone_region(tx: &mut Tx, tenant_id: &str, region: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE tenants SET phone_region = $1 WHERE id = $2")
+        .bind(region)
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Every tenant's id (for work that visits each tenant, such as `/metrics`).
 pub async fn all_ids(pool: &sqlx::AnyPool) -> sqlx::Result<Vec<String>> {
     let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM tenants ORDER BY id")

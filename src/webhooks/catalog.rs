@@ -13,12 +13,15 @@ pub struct PartnerEvent {
     pub partner_id: String,
     pub email: String,
     pub name: String,
-    /// `invited`, `active` or `revoked`.
+    /// `active` or `revoked`.
     pub status: String,
     /// `direct` or `network`.
     pub source: String,
     /// Why the partner was revoked (`partner.revoked` only).
     pub reason: Option<String>,
+    /// Whether the revoking admin wants the partner told (`partner.revoked` only). Switchyard
+    /// sends no mail itself: a subscriber (a Zap, a flow) acts on this.
+    pub notify: Option<bool>,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -95,6 +98,7 @@ fn partner_example() -> Value {
         status: "active".to_owned(),
         source: "direct".to_owned(),
         reason: None,
+        notify: None,
         created_at: "2026-11-01T09:30:00.000Z".to_owned(),
     })
 }

@@ -20,6 +20,7 @@ use crate::http::error::{
 };
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
+use crate::http::validate::{check_url, nullable, validated};
 use crate::ids;
 use crate::keys::{Principal, Scope};
 
@@ -155,16 +156,9 @@ pub struct UpdateEndpoint {
     pub event_types: Option<Vec<String>>,
     pub description: Option<String>,
     /// A new limit, or `null` to remove it; leave out to keep it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<i64>)]
     pub rate_limit: Option<Option<i64>>,
-}
-
-/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Option<Option<i64>>, D::Error> {
-    Option::<i64>::deserialize(deserializer).map(Some)
 }
 
 fn check_rate_limit(rate_limit: Option<i64>, errors: &mut Vec<FieldError>) {
@@ -173,19 +167,6 @@ fn check_rate_limit(rate_limit: Option<i64>, errors: &mut Vec<FieldError>) {
             "rate_limit",
             "must be between 1 and 10000 deliveries per second",
         ));
-    }
-}
-
-fn check_url(url: &str, errors: &mut Vec<FieldError>) {
-    match url::Url::parse(url) {
-        Ok(parsed)
-            if matches!(parsed.scheme(), "http" | "https")
-                && parsed.host().is_some()
-                && url.len() <= 2048 => {}
-        _ => errors.push(FieldError::new(
-            "url",
-            "must be an absolute http or https URL of at most 2048 characters",
-        )),
     }
 }
 
@@ -210,14 +191,6 @@ fn check_description(description: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn validated(errors: Vec<FieldError>) -> Result<()> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Validation(errors))
-    }
-}
-
 /// Subscribe an endpoint (`webhooks:write`). Returns 201 with the secret, or 200 with the live
 /// endpoint that already has this URL and these event types.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateEndpoint,
@@ -234,7 +207,7 @@ async fn create_endpoint(
 ) -> Result<axum::response::Response> {
     principal.require(Scope::WebhooksWrite)?;
     let mut errors = Vec::new();
-    check_url(&body.url, &mut errors);
+    check_url("url", &body.url, &mut errors);
     check_types(&body.event_types, &mut errors);
     check_description(&body.description, &mut errors);
     check_rate_limit(body.rate_limit, &mut errors);
@@ -371,7 +344,7 @@ async fn update_endpoint(
     principal.require(Scope::WebhooksWrite)?;
     let mut errors = Vec::new();
     if let Some(url) = &body.url {
-        check_url(url, &mut errors);
+        check_url("url", url, &mut errors);
     }
     if let Some(types) = &body.event_types {
         check_types(types, &mut errors);

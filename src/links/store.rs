@@ -1,0 +1,172 @@
+//! SQL for the `links` and `clicks` tables.
+
+use crate::db::{is_unique_violation, Db, Tx, LINK_KEY_SETTING, TENANT_SETTING};
+use crate::http::pagination::Page;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredLink {
+    pub id: String,
+    pub tenant_id: String,
+    pub partner_id: String,
+    pub campaign_id: String,
+    pub link_key: String,
+    pub created_at: i64,
+}
+
+/// Returns false when the key is taken (keys are unique across tenants).
+pub async fn insert(tx: &mut Tx, link: &StoredLink) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO links (id, tenant_id, partner_id, campaign_id, link_key, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&link.id)
+    .bind(&link.tenant_id)
+    .bind(&link.partner_id)
+    .bind(&link.campaign_id)
+    .bind(&link.link_key)
+    .bind(link.created_at)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e, "links_key_key", "links.link_key") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One page of a partner's links, newest first.
+pub async fn list(
+    tx: &mut Tx,
+    tenant_id: &str,
+    partner_id: &str,
+    page: &Page,
+) -> sqlx::Result<Vec<StoredLink>> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, partner_id, campaign_id, link_key, created_at FROM links
+         WHERE tenant_id = $1 AND partner_id = $2
+           AND (created_at < $3 OR (created_at = $3 AND id < $4))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(partner_id)
+    .bind(page.after.0)
+    .bind(&page.after.1)
+    .bind(page.fetch())
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// What the click router needs to know about a link.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LinkRow {
+    pub tenant_id: String,
+    pub link_id: String,
+    pub partner_id: String,
+    pub campaign_id: String,
+    pub destination_url: String,
+    pub allowed_domains: String,
+    pub click_param: String,
+}
+
+/// The link with this key, from any tenant: the lookup sees that one link (RLS on PostgreSQL),
+/// learns its tenant, and reads its campaign as that tenant.
+pub async fn find_by_key(db: &Db, key: &str) -> sqlx::Result<Option<LinkRow>> {
+    let mut tx = db.pool().begin().await?;
+    db.set_local(&mut tx, LINK_KEY_SETTING, key).await?;
+    let tenant: Option<(String,)> = sqlx::query_as("SELECT tenant_id FROM links WHERE link_key = $1")
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((tenant,)) = tenant else {
+        return Ok(None);
+    };
+    db.set_local(&mut tx, TENANT_SETTING, &tenant).await?;
+    let row = sqlx::query_as(
+        "SELECT l.tenant_id, l.id AS link_id, l.partner_id, l.campaign_id, c.destination_url,
+                c.allowed_domains, c.click_param
+         FROM links l JOIN campaigns c ON c.id = l.campaign_id AND c.tenant_id = l.tenant_id
+         WHERE l.tenant_id = $1 AND l.link_key = $2",
+    )
+    .bind(&tenant)
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// A click, as recorded.
+#[derive(Clone, Debug)]
+pub struct Click {
+    pub id: String,
+    pub tenant_id: String,
+    pub link_id: String,
+    pub partner_id: String,
+    pub campaign_id: String,
+    pub ip_hash: String,
+    pub user_agent: String,
+    pub referer: String,
+    pub created_at: i64,
+}
+
+/// Parameters per click in the multi-row insert.
+const CLICK_PARAMS: usize = 9;
+
+/// Writes `clicks` (of any tenants) in one transaction: one multi-row insert per tenant, then
+/// flags the clicks of revoked partners, reading the partner's status as of this commit.
+pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
+    let Some(first) = clicks.first() else {
+        return Ok(());
+    };
+    let mut tx = db.write(&first.tenant_id).await?;
+    let mut tenants: Vec<&str> = clicks.iter().map(|c| c.tenant_id.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    for tenant in tenants {
+        db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        let batch: Vec<&Click> = clicks.iter().filter(|c| c.tenant_id == tenant).collect();
+        let rows: Vec<String> = (0..batch.len())
+            .map(|i| {
+                let n = i * CLICK_PARAMS;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
+                    n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
+                                 user_agent, referer, created_at)
+             VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql);
+        for c in &batch {
+            insert = insert
+                .bind(&c.id)
+                .bind(&c.tenant_id)
+                .bind(&c.link_id)
+                .bind(&c.partner_id)
+                .bind(&c.campaign_id)
+                .bind(&c.ip_hash)
+                .bind(&c.user_agent)
+                .bind(&c.referer)
+                .bind(c.created_at);
+        }
+        insert.execute(&mut *tx).await?;
+        let ids: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE clicks SET revoked = 1
+             WHERE tenant_id = $1 AND id IN ({})
+               AND partner_id IN (SELECT id FROM partners WHERE tenant_id = $1 AND status = 'revoked')",
+            ids.join(", ")
+        );
+        let mut flag = sqlx::query(&sql).bind(tenant);
+        for c in &batch {
+            flag = flag.bind(&c.id);
+        }
+        flag.execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
