@@ -153,6 +153,10 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         Duration::from_secs(config.webhook_timeout_secs),
     );
     let links = Links::start(db.clone());
+    // The phone-number metadata loads on first use (hundreds of milliseconds): not in a request.
+    tokio::task::spawn_blocking(|| {
+        crate::identities::normalize_phone("+447911123456", phonenumber::country::Id::GB)
+    });
     let state = AppState {
         queue: queue.clone(),
         outbound,

@@ -244,6 +244,7 @@ async fn create_partner(
         emit(&state, &mut tx, &partner, "partnership.approved", approved).await?;
     }
     tx.commit().await?;
+    state.queue.committed();
     let mut created = Partner::from(partner);
     created.phone_error = phone_error;
     Ok((StatusCode::CREATED, axum::Json(created)))
@@ -485,6 +486,7 @@ async fn change_status(
         emit(state, &mut tx, &partner, kind, event(&partner, notify)).await?;
     }
     tx.commit().await?;
+    state.queue.committed();
     Ok(axum::Json(partner.into()))
 }
 

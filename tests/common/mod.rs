@@ -287,6 +287,75 @@ impl TestServer {
         )
     }
 
+    /// The database as its owner, for a test's own inspection queries (RLS does not apply).
+    pub async fn inspect(&self) -> switchyard::db::Db {
+        switchyard::db::Db::connect(&self.db.url, 2).await.unwrap()
+    }
+
+    /// Follows a share link without following the redirect: (status, `Location`).
+    pub async fn click(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<String>) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut request = client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status(), location)
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(key), Some(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(key), Some(&body)).await
+    }
+
+    /// Creates a partner through the API; returns its representation.
+    pub async fn partner(&self, email: &str) -> Value {
+        let (status, partner) = self
+            .post("/v1/partners", &self.admin_key, serde_json::json!({"email": email, "name": "P"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{partner}");
+        partner
+    }
+
+    /// Creates a campaign through the API with `extra` fields; returns its representation.
+    pub async fn campaign(&self, extra: Value) -> Value {
+        let mut body = serde_json::json!({
+            "name": "Spring",
+            "destination_url": "https://shop.example.com/landing",
+            "commission": {"type": "percent", "bps": 1500},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, campaign) = self.post("/v1/campaigns", &self.admin_key, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{campaign}");
+        campaign
+    }
+
+    /// The event types of the messages emitted so far, oldest first, with their payloads.
+    pub async fn messages(&self) -> Vec<(String, Value)> {
+        let db = self.inspect().await;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT event_type, payload FROM messages ORDER BY created_at, id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        db.close().await;
+        rows.into_iter()
+            .map(|(t, p)| (t, serde_json::from_str(&p).unwrap()))
+            .collect()
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.expect("clean shutdown");
