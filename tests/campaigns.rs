@@ -19,7 +19,10 @@ async fn a_campaign_has_documented_defaults_and_can_be_ended(engine: Engine) {
     let campaign = srv
         .campaign(json!({"allowed_domains": ["Blog.Example.com"]}))
         .await;
-    assert_eq!(campaign["commission"], json!({"type": "percent", "bps": 1500}));
+    assert_eq!(
+        campaign["commission"],
+        json!({"type": "percent", "bps": 1500})
+    );
     assert_eq!(campaign["click_param"], "click_id");
     assert_eq!(campaign["attribution_model"], "last_click");
     assert_eq!(campaign["attribution_window_days"], 30);
@@ -47,11 +50,17 @@ async fn a_campaign_has_documented_defaults_and_can_be_ended(engine: Engine) {
     assert_eq!(flat["status"], "scheduled");
 
     let (status, ended) = srv
-        .post(&format!("/v1/campaigns/{id}/end"), &srv.admin_key, json!({}))
+        .post(
+            &format!("/v1/campaigns/{id}/end"),
+            &srv.admin_key,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{ended}");
     assert_eq!(ended["status"], "ended");
-    let (_, read) = srv.get(&format!("/v1/campaigns/{id}"), &srv.admin_key).await;
+    let (_, read) = srv
+        .get(&format!("/v1/campaigns/{id}"), &srv.admin_key)
+        .await;
     assert_eq!(read["ends_at"], ended["ends_at"]);
 
     let (_, list) = srv.get("/v1/campaigns?limit=1", &srv.admin_key).await;
@@ -107,9 +116,15 @@ async fn invalid_campaigns_get_a_message_per_field(engine: Engine) {
     let problem = assert_problem(&flat, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_eq!(problem["errors"][0]["field"], "commission.currency");
     let (_, list) = srv.get("/v1/campaigns", &srv.admin_key).await;
-    assert!(list["data"].as_array().unwrap().is_empty(), "nothing was saved");
+    assert!(
+        list["data"].as_array().unwrap().is_empty(),
+        "nothing was saved"
+    );
 
-    let scoped = srv.mint(json!({"name": "s", "scopes": ["partners:write"]})).await.1;
+    let scoped = srv
+        .mint(json!({"name": "s", "scopes": ["partners:write"]}))
+        .await
+        .1;
     let refused = srv.get("/v1/campaigns", &scoped).await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_scope");
     srv.stop().await;
@@ -129,7 +144,10 @@ async fn editing_terms_changes_new_partnerships_only(engine: Engine) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{membership}");
-    assert_eq!(membership["commission"], json!({"type": "percent", "bps": 1500}));
+    assert_eq!(
+        membership["commission"],
+        json!({"type": "percent", "bps": 1500})
+    );
     assert_eq!(membership["holdback_days"], 14);
 
     let (status, edited) = srv
@@ -213,10 +231,17 @@ async fn an_amendment_overrides_the_campaign_terms_until_cleared(engine: Engine)
         .get(&format!("/v1/partners/{pid}/campaigns"), &srv.admin_key)
         .await;
     assert_eq!(memberships["data"][0]["commission"]["bps"], 1500);
-    assert_eq!(memberships["data"][0]["effective_commission"]["amount"], 5000);
+    assert_eq!(
+        memberships["data"][0]["effective_commission"]["amount"],
+        5000
+    );
 
     let bad = srv
-        .put(&terms, &srv.admin_key, json!({"type": "percent", "bps": 20000}))
+        .put(
+            &terms,
+            &srv.admin_key,
+            json!({"type": "percent", "bps": 20000}),
+        )
         .await;
     assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
 
@@ -229,7 +254,10 @@ async fn an_amendment_overrides_the_campaign_terms_until_cleared(engine: Engine)
         memberships["data"][0]["effective_commission"],
         json!({"type": "percent", "bps": 1500})
     );
-    let scoped = srv.mint(json!({"name": "s", "scopes": ["partners:write"]})).await.1;
+    let scoped = srv
+        .mint(json!({"name": "s", "scopes": ["partners:write"]}))
+        .await
+        .1;
     let refused = srv.delete(&terms, &scoped).await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_scope");
     srv.stop().await;

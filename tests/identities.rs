@@ -53,7 +53,10 @@ async fn resolve(srv: &TestServer, namespace: &str, identifier: &str) -> (Status
 async fn identities_bind_to_one_customer_tied_to_a_click(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let click_id = click(&srv, "partner@example.com").await;
-    let crm = srv.mint(json!({"name": "crm", "scopes": ["events:write"]})).await.1;
+    let crm = srv
+        .mint(json!({"name": "crm", "scopes": ["events:write"]}))
+        .await
+        .1;
 
     let (status, bound) = bind(
         &srv,
@@ -84,8 +87,17 @@ async fn identities_bind_to_one_customer_tied_to_a_click(engine: Engine) {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["customer_id"], customer);
     assert_eq!(again["created"], false);
-    let (status, _) = bind(&srv, &crm, json!({"click_id": click_id, "customer_id": customer})).await;
-    assert_eq!(status, StatusCode::OK, "tying the same click again is idempotent");
+    let (status, _) = bind(
+        &srv,
+        &crm,
+        json!({"click_id": click_id, "customer_id": customer}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "tying the same click again is idempotent"
+    );
 
     for (namespace, identifier) in [
         ("email", "cus@example.com"),
@@ -117,8 +129,18 @@ async fn identities_bind_to_one_customer_tied_to_a_click(engine: Engine) {
 async fn an_identifier_of_another_customer_is_a_conflict(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let key = srv.admin_key.clone();
-    let (_, first) = bind(&srv, &key, json!({"identities": {"email": "one@example.com"}})).await;
-    let (_, second) = bind(&srv, &key, json!({"identities": {"email": "two@example.com"}})).await;
+    let (_, first) = bind(
+        &srv,
+        &key,
+        json!({"identities": {"email": "one@example.com"}}),
+    )
+    .await;
+    let (_, second) = bind(
+        &srv,
+        &key,
+        json!({"identities": {"email": "two@example.com"}}),
+    )
+    .await;
     let first_id = first["customer_id"].as_str().unwrap();
     let second_id = second["customer_id"].as_str().unwrap();
 
@@ -130,18 +152,43 @@ async fn an_identifier_of_another_customer_is_a_conflict(engine: Engine) {
     )
     .await;
     let problem = assert_problem(&both, StatusCode::CONFLICT, "identity_conflict");
-    assert!(problem["detail"].as_str().unwrap().contains(first_id), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(first_id),
+        "{problem}"
+    );
     let (status, _) = resolve(&srv, "user_id", "u-2").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "a refused call binds nothing");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused call binds nothing"
+    );
 
     let click_id = click(&srv, "p@example.com").await;
-    let (status, _) = bind(&srv, &key, json!({"click_id": click_id, "customer_id": first_id})).await;
+    let (status, _) = bind(
+        &srv,
+        &key,
+        json!({"click_id": click_id, "customer_id": first_id}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let taken = bind(&srv, &key, json!({"click_id": click_id, "customer_id": second_id})).await;
+    let taken = bind(
+        &srv,
+        &key,
+        json!({"click_id": click_id, "customer_id": second_id}),
+    )
+    .await;
     let problem = assert_problem(&taken, StatusCode::CONFLICT, "identity_conflict");
-    assert!(problem["detail"].as_str().unwrap().contains(first_id), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(first_id),
+        "{problem}"
+    );
 
-    let unknown_click = bind(&srv, &key, json!({"click_id": "clk_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"})).await;
+    let unknown_click = bind(
+        &srv,
+        &key,
+        json!({"click_id": "clk_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}),
+    )
+    .await;
     assert_problem(&unknown_click, StatusCode::NOT_FOUND, "click_not_found");
     let unknown_customer = bind(
         &srv,
@@ -149,7 +196,11 @@ async fn an_identifier_of_another_customer_is_a_conflict(engine: Engine) {
         json!({"customer_id": "cus_01J9Z8Y7X6W5V4T3S2R1Q0P9N8", "identities": {"email": "z@example.com"}}),
     )
     .await;
-    assert_problem(&unknown_customer, StatusCode::NOT_FOUND, "customer_not_found");
+    assert_problem(
+        &unknown_customer,
+        StatusCode::NOT_FOUND,
+        "customer_not_found",
+    );
     srv.stop().await;
 }
 
@@ -194,16 +245,37 @@ async fn invalid_identities_get_field_errors(engine: Engine) {
     fields.sort();
     assert_eq!(
         fields,
-        ["click_id", "identities.email", "identities.phone", "identities.user_id"]
+        [
+            "click_id",
+            "identities.email",
+            "identities.phone",
+            "identities.user_id"
+        ]
     );
     let empty = bind(&srv, &key, json!({"identities": {}})).await;
-    assert_problem(&empty, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_problem(
+        &empty,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     let namespace = srv
         .get("/v1/identities/resolve?namespace=fax&identifier=1", &key)
         .await;
-    assert_problem(&namespace, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    let reader = srv.mint(json!({"name": "r", "scopes": ["partners:read"]})).await.1;
-    let refused = bind(&srv, &reader, json!({"identities": {"email": "a@example.com"}})).await;
+    assert_problem(
+        &namespace,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    let reader = srv
+        .mint(json!({"name": "r", "scopes": ["partners:read"]}))
+        .await
+        .1;
+    let refused = bind(
+        &srv,
+        &reader,
+        json!({"identities": {"email": "a@example.com"}}),
+    )
+    .await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_scope");
     srv.stop().await;
 }

@@ -58,12 +58,21 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let (campaign, partner, link) = linked(&srv, json!({"click_param": "sy_click"})).await;
     let key = link["key"].as_str().unwrap();
-    assert!(link["url"].as_str().unwrap().ends_with(&format!("/r/{key}")), "{link}");
+    assert!(
+        link["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/r/{key}")),
+        "{link}"
+    );
 
     let (status, location) = srv
         .click(
             &format!("/r/{key}"),
-            &[("user-agent", "Mozilla/5.0 test"), ("referer", "https://blog.example.net/post")],
+            &[
+                ("user-agent", "Mozilla/5.0 test"),
+                ("referer", "https://blog.example.net/post"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::FOUND);
@@ -82,7 +91,10 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     assert_eq!(campaign_id, campaign["id"].as_str().unwrap());
     assert_eq!(*revoked, 0);
     assert_eq!(ip_hash.len(), 32);
-    assert!(!ip_hash.contains("127.0.0.1"), "the address is stored hashed");
+    assert!(
+        !ip_hash.contains("127.0.0.1"),
+        "the address is stored hashed"
+    );
     assert_eq!(user_agent, "Mozilla/5.0 test");
     assert_eq!(referer, "https://blog.example.net/post");
 
@@ -92,7 +104,9 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     assert_eq!(stored[1].4, stored[0].4);
     assert_ne!(query_param(&second.unwrap(), "sy_click").unwrap(), click_id);
 
-    let unknown = srv.call(reqwest::Method::GET, "/r/no-such-key", None, None).await;
+    let unknown = srv
+        .call(reqwest::Method::GET, "/r/no-such-key", None, None)
+        .await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "link_not_found");
     srv.stop().await;
 }
@@ -113,9 +127,17 @@ async fn deep_links_never_become_an_open_redirect(engine: Engine) {
         let (status, location) = srv.click(&follow(allowed), &[]).await;
         assert_eq!(status, StatusCode::FOUND);
         let location = location.unwrap();
-        let expected_host = url::Url::parse(allowed).unwrap().host_str().unwrap().to_owned();
+        let expected_host = url::Url::parse(allowed)
+            .unwrap()
+            .host_str()
+            .unwrap()
+            .to_owned();
         let got = url::Url::parse(&location).unwrap();
-        assert_eq!(got.host_str().unwrap(), expected_host, "{allowed} -> {location}");
+        assert_eq!(
+            got.host_str().unwrap(),
+            expected_host,
+            "{allowed} -> {location}"
+        );
         assert!(query_param(&location, "click_id").is_some());
     }
     for attempt in [
@@ -148,12 +170,24 @@ async fn revoked_partners_and_ended_campaigns_still_redirect(engine: Engine) {
     let key = link["key"].as_str().unwrap();
     let pid = partner["id"].as_str().unwrap();
     srv.click(&format!("/r/{key}"), &[]).await;
-    srv.post(&format!("/v1/partners/{pid}/revoke"), &srv.admin_key, json!({}))
-        .await;
+    srv.post(
+        &format!("/v1/partners/{pid}/revoke"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
     let (status, _) = srv.click(&format!("/r/{key}"), &[]).await;
-    assert_eq!(status, StatusCode::FOUND, "a revoked partner's link still redirects");
-    srv.post(&format!("/v1/partners/{pid}/reinstate"), &srv.admin_key, json!({}))
-        .await;
+    assert_eq!(
+        status,
+        StatusCode::FOUND,
+        "a revoked partner's link still redirects"
+    );
+    srv.post(
+        &format!("/v1/partners/{pid}/reinstate"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
     srv.post(
         &format!("/v1/campaigns/{}/end", campaign["id"].as_str().unwrap()),
         &srv.admin_key,
@@ -161,9 +195,17 @@ async fn revoked_partners_and_ended_campaigns_still_redirect(engine: Engine) {
     )
     .await;
     let (status, _) = srv.click(&format!("/r/{key}"), &[]).await;
-    assert_eq!(status, StatusCode::FOUND, "an ended campaign's link still redirects");
+    assert_eq!(
+        status,
+        StatusCode::FOUND,
+        "an ended campaign's link still redirects"
+    );
     let flags: Vec<i64> = clicks(&srv).await.into_iter().map(|c| c.3).collect();
-    assert_eq!(flags, [0, 1, 0], "only the click made while revoked is flagged");
+    assert_eq!(
+        flags,
+        [0, 1, 0],
+        "only the click made while revoked is flagged"
+    );
 
     // No new links for an ended campaign or a revoked partner.
     let ended = srv
@@ -175,8 +217,12 @@ async fn revoked_partners_and_ended_campaigns_still_redirect(engine: Engine) {
         .await;
     assert_problem(&ended, StatusCode::CONFLICT, "campaign_ended");
     let other = srv.campaign(json!({})).await;
-    srv.post(&format!("/v1/partners/{pid}/revoke"), &srv.admin_key, json!({}))
-        .await;
+    srv.post(
+        &format!("/v1/partners/{pid}/revoke"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
     let revoked = srv
         .post(
             &format!("/v1/partners/{pid}/links"),
@@ -196,19 +242,31 @@ async fn link_keys_are_unique_url_safe_and_unguessable(engine: Engine) {
     assert!(generated.bytes().all(|b| b.is_ascii_alphanumeric()));
     let path = format!("/v1/partners/{}/links", partner["id"].as_str().unwrap());
     let (status, chosen) = srv
-        .post(&path, &srv.admin_key, json!({"campaign_id": campaign["id"], "key": "ada-spring_26"}))
+        .post(
+            &path,
+            &srv.admin_key,
+            json!({"campaign_id": campaign["id"], "key": "ada-spring_26"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{chosen}");
     assert_eq!(chosen["key"], "ada-spring_26");
 
     let taken = srv
-        .post(&path, &srv.admin_key, json!({"campaign_id": campaign["id"], "key": "ada-spring_26"}))
+        .post(
+            &path,
+            &srv.admin_key,
+            json!({"campaign_id": campaign["id"], "key": "ada-spring_26"}),
+        )
         .await;
     assert_problem(&taken, StatusCode::CONFLICT, "link_key_taken");
     // Keys are unique across tenants too: `/r/{key}` names no tenant.
     let (_, other_admin) = common::create_tenant(&srv, "other-co").await;
     let (_, other_partner) = srv
-        .post("/v1/partners", &other_admin, json!({"email": "x@example.com", "name": "X"}))
+        .post(
+            "/v1/partners",
+            &other_admin,
+            json!({"email": "x@example.com", "name": "X"}),
+        )
         .await;
     let (_, other_campaign) = srv
         .post(
@@ -220,7 +278,10 @@ async fn link_keys_are_unique_url_safe_and_unguessable(engine: Engine) {
         .await;
     let across = srv
         .post(
-            &format!("/v1/partners/{}/links", other_partner["id"].as_str().unwrap()),
+            &format!(
+                "/v1/partners/{}/links",
+                other_partner["id"].as_str().unwrap()
+            ),
             &other_admin,
             json!({"campaign_id": other_campaign["id"], "key": "ada-spring_26"}),
         )
@@ -229,9 +290,17 @@ async fn link_keys_are_unique_url_safe_and_unguessable(engine: Engine) {
 
     for bad in ["ab", "has space", "slash/y", "émoji", &"x".repeat(65)] {
         let refused = srv
-            .post(&path, &srv.admin_key, json!({"campaign_id": campaign["id"], "key": bad}))
+            .post(
+                &path,
+                &srv.admin_key,
+                json!({"campaign_id": campaign["id"], "key": bad}),
+            )
             .await;
-        assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_problem(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
     }
     let (_, list) = srv.get(&path, &srv.admin_key).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
@@ -259,13 +328,20 @@ async fn only_admins_and_the_partner_itself_create_its_links(engine: Engine) {
         .post(&other_path, &key, json!({"campaign_id": campaign["id"]}))
         .await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_partner");
-    let writer = srv.mint(json!({"name": "w", "scopes": ["partners:write"]})).await.1;
+    let writer = srv
+        .mint(json!({"name": "w", "scopes": ["partners:write"]}))
+        .await
+        .1;
     let refused = srv
         .post(&own_path, &writer, json!({"campaign_id": campaign["id"]}))
         .await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_scope");
     let unknown = srv
-        .post(&own_path, &key, json!({"campaign_id": "cmp_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}))
+        .post(
+            &own_path,
+            &key,
+            json!({"campaign_id": "cmp_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}),
+        )
         .await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "campaign_not_found");
     srv.stop().await;
@@ -286,6 +362,10 @@ async fn concurrent_clicks_are_all_stored(engine: Engine) {
     }
     let statuses = clickers.join_all().await;
     assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
-    assert_eq!(clicks(&srv).await.len(), 300, "every redirected click is stored");
+    assert_eq!(
+        clicks(&srv).await.len(),
+        300,
+        "every redirected click is stored"
+    );
     srv.stop().await;
 }

@@ -109,7 +109,10 @@ async fn an_unreadable_phone_does_not_fail_the_request(engine: Engine) {
     assert_eq!(partner["phone_error"], "invalid_phone");
     assert_eq!(partner["phone"], Value::Null);
     let (status, found) = srv
-        .get(&format!("/v1/partners/{}", partner["id"].as_str().unwrap()), &srv.admin_key)
+        .get(
+            &format!("/v1/partners/{}", partner["id"].as_str().unwrap()),
+            &srv.admin_key,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(found["email"], "bob@example.com");
@@ -146,7 +149,10 @@ async fn a_duplicate_email_is_refused_even_in_a_race(engine: Engine) {
         });
     }
     let results = racers.join_all().await;
-    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
     assert_eq!(created, 1, "exactly one of the racers wins");
     for result in results.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
         assert_problem(result, StatusCode::CONFLICT, "email_taken");
@@ -199,8 +205,12 @@ async fn partners_are_found_by_email_and_paged_newest_first(engine: Engine) {
     ids.reverse();
     assert_eq!(seen, ids, "every partner once, newest first");
 
-    srv.post(&format!("/v1/partners/{}/revoke", ids[0]), &srv.admin_key, json!({}))
-        .await;
+    srv.post(
+        &format!("/v1/partners/{}/revoke", ids[0]),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
     let (_, revoked) = srv.get("/v1/partners?status=revoked", &srv.admin_key).await;
     assert_eq!(revoked["data"].as_array().unwrap().len(), 1);
     assert_eq!(revoked["data"][0]["id"], ids[0]);
@@ -234,12 +244,20 @@ async fn revoking_stops_the_partners_keys_at_once_and_keeps_history(engine: Engi
 
     // Revoking again changes nothing and announces nothing.
     let (status, _) = srv
-        .post(&format!("/v1/partners/{id}/revoke"), &srv.admin_key, json!({}))
+        .post(
+            &format!("/v1/partners/{id}/revoke"),
+            &srv.admin_key,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
 
     let (status, reinstated) = srv
-        .post(&format!("/v1/partners/{id}/reinstate"), &srv.admin_key, json!({}))
+        .post(
+            &format!("/v1/partners/{id}/reinstate"),
+            &srv.admin_key,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{reinstated}");
     assert_eq!(reinstated["status"], "active");
@@ -255,7 +273,10 @@ async fn revoking_stops_the_partners_keys_at_once_and_keeps_history(engine: Engi
     assert_eq!(history[1]["action"], "reinstated");
 
     let types: Vec<String> = srv.messages().await.into_iter().map(|(t, _)| t).collect();
-    assert_eq!(types, ["partner.created", "partner.revoked", "partner.activated"]);
+    assert_eq!(
+        types,
+        ["partner.created", "partner.revoked", "partner.activated"]
+    );
     let revoked_event = &srv.messages().await[1].1;
     assert_eq!(revoked_event["reason"], "fraudulent traffic");
     assert_eq!(revoked_event["notify"], true);
@@ -268,7 +289,11 @@ async fn revoking_stops_the_partners_keys_at_once_and_keeps_history(engine: Engi
             json!({"name": "x", "kind": "partner", "partner_id": "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}),
         )
         .await;
-    assert_problem(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_problem(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     srv.stop().await;
 }
 
@@ -298,11 +323,17 @@ async fn a_partner_key_sees_only_its_own_partner(engine: Engine) {
         .mint(json!({"name": "p", "kind": "partner", "partner_id": own["id"]}))
         .await;
     let (status, _) = srv
-        .get(&format!("/v1/partners/{}", own["id"].as_str().unwrap()), &key)
+        .get(
+            &format!("/v1/partners/{}", own["id"].as_str().unwrap()),
+            &key,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let refused = srv
-        .get(&format!("/v1/partners/{}", other["id"].as_str().unwrap()), &key)
+        .get(
+            &format!("/v1/partners/{}", other["id"].as_str().unwrap()),
+            &key,
+        )
         .await;
     assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_partner");
     let listing = srv.get("/v1/partners", &key).await;
@@ -329,7 +360,10 @@ async fn invalid_partners_get_field_errors(engine: Engine) {
     let missing = create(&srv, json!({"name": "no email"})).await;
     assert_problem(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     let unknown = srv
-        .get("/v1/partners/ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8", &srv.admin_key)
+        .get(
+            "/v1/partners/ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8",
+            &srv.admin_key,
+        )
         .await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "partner_not_found");
     assert!(srv.messages().await.is_empty(), "nothing was emitted");

@@ -103,6 +103,75 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("webhooks:write"),
         404,
     ),
+    // Routes a partner's own key may also call are listed with the rule for everyone else: the
+    // matrix's partner key belongs to another partner (own-key access is tested in partners.rs
+    // and links.rs).
+    ("POST", "/v1/partners", Needs::Scope("partners:write"), 201),
+    ("GET", "/v1/partners", Needs::Scope("partners:read"), 200),
+    (
+        "GET",
+        "/v1/partners/{id}",
+        Needs::Scope("partners:read"),
+        200,
+    ),
+    (
+        "PATCH",
+        "/v1/partners/{id}",
+        Needs::Scope("partners:write"),
+        200,
+    ),
+    (
+        "POST",
+        "/v1/partners/{id}/revoke",
+        Needs::Scope("partners:write"),
+        200,
+    ),
+    (
+        "POST",
+        "/v1/partners/{id}/reinstate",
+        Needs::Scope("partners:write"),
+        200,
+    ),
+    (
+        "PUT",
+        "/v1/partners/{id}/commission-terms",
+        Needs::Admin,
+        200,
+    ),
+    (
+        "DELETE",
+        "/v1/partners/{id}/commission-terms",
+        Needs::Admin,
+        204,
+    ),
+    ("POST", "/v1/partners/{id}/campaigns", Needs::Admin, 201),
+    (
+        "GET",
+        "/v1/partners/{id}/campaigns",
+        Needs::Scope("partners:read"),
+        200,
+    ),
+    ("POST", "/v1/partners/{id}/links", Needs::Admin, 201),
+    (
+        "GET",
+        "/v1/partners/{id}/links",
+        Needs::Scope("partners:read"),
+        200,
+    ),
+    ("POST", "/v1/campaigns", Needs::Admin, 201),
+    ("GET", "/v1/campaigns", Needs::Admin, 200),
+    ("GET", "/v1/campaigns/{id}", Needs::Admin, 200),
+    ("PATCH", "/v1/campaigns/{id}", Needs::Admin, 200),
+    ("POST", "/v1/campaigns/{id}/end", Needs::Admin, 200),
+    ("POST", "/v1/identities", Needs::Scope("events:write"), 201),
+    // Nothing is bound to the identifier asked for: an allowed caller gets 404.
+    (
+        "GET",
+        "/v1/identities/resolve",
+        Needs::Scope("partners:read"),
+        404,
+    ),
+    ("GET", "/r/{key}", Needs::Nothing, 302),
 ];
 
 enum Caller {
@@ -157,8 +226,28 @@ fn expected(needs: Needs, caller: &Caller, ok: u16) -> StatusCode {
 }
 
 /// A fresh object for a route's `{id}`, so every allowed call has something to act on.
-async fn target(srv: &TestServer, path: &str, n: usize) -> String {
-    if path.starts_with("/v1/queue/jobs/") {
+async fn target(srv: &TestServer, path: &str, n: usize, campaign: &str) -> String {
+    if path.starts_with("/v1/partners/") {
+        srv.partner(&format!("target{n}@example.com")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    } else if path.starts_with("/v1/campaigns/") {
+        srv.campaign(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    } else if path.starts_with("/r/") {
+        let partner = srv.partner(&format!("linked{n}@example.com")).await;
+        let (_, link) = srv
+            .post(
+                &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
+                &srv.admin_key,
+                json!({"campaign_id": campaign}),
+            )
+            .await;
+        link["key"].as_str().unwrap().to_owned()
+    } else if path.starts_with("/v1/queue/jobs/") {
         "job_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/deliveries/") {
         "dlv_01J00000000000000000000000".to_owned()
@@ -178,8 +267,22 @@ async fn target(srv: &TestServer, path: &str, n: usize) -> String {
     }
 }
 
-fn body(method: &str, path: &str, n: usize) -> Option<Value> {
+fn body(method: &str, path: &str, n: usize, campaign: &str) -> Option<Value> {
     match (method, path) {
+        ("POST", "/v1/partners") => {
+            Some(json!({"email": format!("new{n}@example.com"), "name": "N"}))
+        }
+        ("POST", "/v1/campaigns") => Some(
+            json!({"name": "C", "destination_url": "https://example.com",
+            "commission": {"type": "percent", "bps": 100}}),
+        ),
+        ("POST", "/v1/identities") => {
+            Some(json!({"identities": {"email": format!("c{n}@example.com")}}))
+        }
+        ("POST", p) if p.ends_with("/campaigns") || p.ends_with("/links") => {
+            Some(json!({"campaign_id": campaign}))
+        }
+        ("PUT", _) => Some(json!({"type": "percent", "bps": 100})),
         ("POST", "/v1/api-keys") => Some(json!({"name": "minted", "scopes": ["events:write"]})),
         ("POST", "/v1/webhooks") => Some(json!({"url": format!("http://127.0.0.1:9/new/{n}")})),
         ("PATCH", _) => Some(json!({"description": "changed"})),
@@ -195,11 +298,14 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
         .await;
     srv.delete(&format!("/v1/api-keys/{revoked_id}"), &srv.admin_key)
         .await;
+    let bound = srv.partner("matrix-partner@example.com").await;
     let (_, partner) = srv
-        .mint(
-            json!({"name": "p", "kind": "partner", "partner_id": "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8"}),
-        )
+        .mint(json!({"name": "p", "kind": "partner", "partner_id": bound["id"]}))
         .await;
+    let campaign = srv.campaign(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let mut callers = vec![
         ("no key".to_owned(), Caller::NoKey, None),
@@ -236,14 +342,19 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
         for (label, caller, key) in &callers {
             n += 1;
             let mut path = if path.contains("{id}") {
-                path.replace("{id}", &target(&srv, path, n).await)
+                path.replace("{id}", &target(&srv, path, n, &campaign).await)
+            } else if path.contains("{key}") {
+                path.replace("{key}", &target(&srv, path, n, &campaign).await)
             } else {
                 path.to_string()
             };
+            if path == "/v1/identities/resolve" {
+                path.push_str("?namespace=email&identifier=nobody@example.com");
+            }
             if path.ends_with("/replay") && path.starts_with("/v1/webhooks/") {
                 path.push_str("?since=2026-01-01T00:00:00Z");
             }
-            let body = body(method, &path, n);
+            let body = body(method, &path, n, &campaign);
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let (status, answer) = srv
                 .call(method.clone(), &path, key.as_deref(), body.as_ref())

@@ -77,10 +77,7 @@ impl CommissionInput {
                 })
             }
             _ => {
-                errors.push(FieldError::new(
-                    &name("type"),
-                    "must be percent or flat",
-                ));
+                errors.push(FieldError::new(&name("type"), "must be percent or flat"));
                 None
             }
         }
@@ -100,9 +97,12 @@ impl CommissionRule {
     pub fn to_columns(&self) -> RuleColumns {
         match self {
             CommissionRule::Percent { bps } => ("percent".to_owned(), Some(*bps), None, None),
-            CommissionRule::Flat { amount, currency } => {
-                ("flat".to_owned(), None, Some(*amount), Some(currency.clone()))
-            }
+            CommissionRule::Flat { amount, currency } => (
+                "flat".to_owned(),
+                None,
+                Some(*amount),
+                Some(currency.clone()),
+            ),
         }
     }
 
@@ -142,7 +142,12 @@ pub fn domain_name(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn input(kind: &str, bps: Option<i64>, amount: Option<i64>, currency: Option<&str>) -> CommissionInput {
+    fn input(
+        kind: &str,
+        bps: Option<i64>,
+        amount: Option<i64>,
+        currency: Option<&str>,
+    ) -> CommissionInput {
         CommissionInput {
             kind: kind.to_owned(),
             bps,
@@ -201,8 +206,18 @@ mod tests {
 
     #[test]
     fn domains_are_host_names() {
-        assert_eq!(domain_name("Shop.Example.com").as_deref(), Some("shop.example.com"));
-        for bad in ["example", "http://example.com", "-x.com", "a..com", "ex ample.com", ""] {
+        assert_eq!(
+            domain_name("Shop.Example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        for bad in [
+            "example",
+            "http://example.com",
+            "-x.com",
+            "a..com",
+            "ex ample.com",
+            "",
+        ] {
             assert_eq!(domain_name(bad), None, "{bad}");
         }
     }

@@ -10,7 +10,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::db::Tx;
-use crate::http::error::{AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result};
+use crate::http::error::{
+    AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result,
+};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
 use crate::http::validate::{check_text, check_time, check_url, nullable, validated};
@@ -186,7 +188,10 @@ fn apply(c: &mut StoredCampaign, options: CampaignOptions, errors: &mut Vec<Fiel
     }
     if let Some(days) = options.attribution_window_days {
         if !(1..=365).contains(&days) {
-            errors.push(FieldError::new("attribution_window_days", "must be 1 to 365"));
+            errors.push(FieldError::new(
+                "attribution_window_days",
+                "must be 1 to 365",
+            ));
         }
         c.attribution_window_days = days;
     }
@@ -247,7 +252,10 @@ async fn create_campaign(
     let mut tx = state.db.write(&principal.tenant_id).await?;
     store::insert(&mut tx, &campaign).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(Campaign::new(campaign, now))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Campaign::new(campaign, now)),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -279,7 +287,11 @@ async fn list_campaigns(
     let now = state.clock.now_ms();
     let list = page.finish(rows, |c| (c.created_at, &c.id));
     Ok(axum::Json(List {
-        data: list.data.into_iter().map(|c| Campaign::new(c, now)).collect(),
+        data: list
+            .data
+            .into_iter()
+            .map(|c| Campaign::new(c, now))
+            .collect(),
         next_cursor: list.next_cursor,
     }))
 }

@@ -69,7 +69,9 @@ pub fn parse_region(code: &str) -> Result<Region, String> {
 /// The region phone numbers of `tenant_id` are read in: its own, else the server's.
 pub async fn phone_region(tx: &mut Tx, tenant_id: &str, default: Region) -> sqlx::Result<Region> {
     let own = crate::tenants::phone_region(tx, tenant_id).await?;
-    Ok(own.and_then(|code| parse_region(&code).ok()).unwrap_or(default))
+    Ok(own
+        .and_then(|code| parse_region(&code).ok())
+        .unwrap_or(default))
 }
 
 /// A trimmed, lower-cased e-mail address, or `None` when it does not look like one.
@@ -242,12 +244,13 @@ mod tests {
 
     #[test]
     fn a_phone_has_a_whatsapp_jid() {
+        assert_eq!(whatsapp_jid("+447911123456"), "447911123456@s.whatsapp.net");
         assert_eq!(
-            whatsapp_jid("+447911123456"),
-            "447911123456@s.whatsapp.net"
-        );
-        assert_eq!(
-            normalize(Namespace::Whatsapp, "447911123456@s.whatsapp.net", Region::US),
+            normalize(
+                Namespace::Whatsapp,
+                "447911123456@s.whatsapp.net",
+                Region::US
+            ),
             Ok("447911123456@s.whatsapp.net".to_owned())
         );
     }
@@ -258,7 +261,13 @@ mod tests {
             normalize_email("  Ada@Example.COM ").as_deref(),
             Some("ada@example.com")
         );
-        for bad in ["ada", "ada@", "@example.com", "ada@example", "a da@example.com"] {
+        for bad in [
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+        ] {
             assert_eq!(normalize_email(bad), None, "{bad}");
         }
     }

@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::http::error::{AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result};
+use crate::http::error::{
+    AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result,
+};
 use crate::http::extract::{Json, Query};
 use crate::ids;
 use crate::keys::{Principal, Scope};
@@ -87,16 +89,31 @@ async fn bind(
             errors.extend(invalid);
             Vec::new()
         });
-    if let Some(click) = body.click_id.as_deref().filter(|c| !ids::is_valid("clk", c)) {
-        errors.push(FieldError::new("click_id", format!("{click:?} is not a click id (clk_...)")));
+    if let Some(click) = body
+        .click_id
+        .as_deref()
+        .filter(|c| !ids::is_valid("clk", c))
+    {
+        errors.push(FieldError::new(
+            "click_id",
+            format!("{click:?} is not a click id (clk_...)"),
+        ));
     }
-    if let Some(customer) = body.customer_id.as_deref().filter(|c| !ids::is_valid("cus", c)) {
+    if let Some(customer) = body
+        .customer_id
+        .as_deref()
+        .filter(|c| !ids::is_valid("cus", c))
+    {
         errors.push(FieldError::new(
             "customer_id",
             format!("{customer:?} is not a customer id (cus_...)"),
         ));
     }
-    if errors.is_empty() && pairs.is_empty() && body.click_id.is_none() && body.customer_id.is_none() {
+    if errors.is_empty()
+        && pairs.is_empty()
+        && body.click_id.is_none()
+        && body.customer_id.is_none()
+    {
         errors.push(FieldError::new(
             "identities",
             "give at least one identifier, a click_id or a customer_id",
@@ -162,8 +179,16 @@ async fn bind(
         }
     };
     for (namespace, identifier) in &pairs {
-        if !store::insert(&mut tx, tenant, *namespace, identifier, "customer", &customer_id, now)
-            .await?
+        if !store::insert(
+            &mut tx,
+            tenant,
+            *namespace,
+            identifier,
+            "customer",
+            &customer_id,
+            now,
+        )
+        .await?
         {
             // Bound already: to this customer (idempotent), or to another by a concurrent call.
             let holder =
@@ -187,7 +212,11 @@ async fn bind(
         }
     }
     tx.commit().await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         axum::Json(BoundCustomer {
@@ -195,7 +224,10 @@ async fn bind(
             created,
             identities: pairs
                 .into_iter()
-                .map(|(namespace, identifier)| Binding { namespace, identifier })
+                .map(|(namespace, identifier)| Binding {
+                    namespace,
+                    identifier,
+                })
                 .collect(),
             click_id: body.click_id,
         }),

@@ -36,7 +36,10 @@ pub(super) async fn replace_member(
         .bind(identifier)
         .execute(&mut **tx)
         .await?;
-        insert(tx, tenant_id, *namespace, identifier, "member", member_id, now).await?;
+        insert(
+            tx, tenant_id, *namespace, identifier, "member", member_id, now,
+        )
+        .await?;
     }
     Ok(())
 }

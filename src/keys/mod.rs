@@ -292,7 +292,8 @@ pub async fn authenticate(
         return Ok(Err(Rejected::Revoked));
     }
     if let Some(partner_id) = &key.partner_id {
-        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id).await?;
+        db.set_local(&mut tx, TENANT_SETTING, &key.tenant_id)
+            .await?;
         let status = crate::partners::store::status(&mut tx, &key.tenant_id, partner_id).await?;
         if status.as_deref() != Some("active") {
             return Ok(Err(Rejected::PartnerRevoked));

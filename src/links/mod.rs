@@ -149,7 +149,10 @@ async fn record(db: Db, mut pending: mpsc::Receiver<Pending>) {
 /// the destination's host or one of the allowed domains (or a subdomain of one).
 pub fn deep_link(target: &Target, to: &str) -> Option<url::Url> {
     let url = url::Url::parse(to).ok()?;
-    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
+    if !matches!(url.scheme(), "http" | "https")
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return None;
     }
     let Some(url::Host::Domain(host)) = url.host() else {
@@ -161,7 +164,12 @@ pub fn deep_link(target: &Target, to: &str) -> Option<url::Url> {
         .iter()
         .map(String::as_str)
         .chain(target.destination.host_str())
-        .any(|domain| host == domain || host.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.')));
+        .any(|domain| {
+            host == domain
+                || host
+                    .strip_suffix(domain)
+                    .is_some_and(|rest| rest.ends_with('.'))
+        });
     allowed.then_some(url)
 }
 

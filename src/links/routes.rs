@@ -133,7 +133,10 @@ async fn create_link(
     }
     tx.commit().await?;
     let public_url = state.config.public_url();
-    Ok((StatusCode::CREATED, axum::Json(Link::new(link, &public_url))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Link::new(link, &public_url)),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -170,7 +173,11 @@ async fn list_links(
     let public_url = state.config.public_url();
     let list = page.finish(rows, |l| (l.created_at, &l.id));
     Ok(axum::Json(List {
-        data: list.data.into_iter().map(|l| Link::new(l, &public_url)).collect(),
+        data: list
+            .data
+            .into_iter()
+            .map(|l| Link::new(l, &public_url))
+            .collect(),
         next_cursor: list.next_cursor,
     }))
 }
@@ -239,7 +246,8 @@ async fn follow(
     if state.links.record(click).await.is_err() {
         return Err(Error::Unavailable);
     }
-    let location = HeaderValue::from_str(location.as_str()).map_err(|e| Error::Internal(e.into()))?;
+    let location =
+        HeaderValue::from_str(location.as_str()).map_err(|e| Error::Internal(e.into()))?;
     Ok((
         StatusCode::FOUND,
         [

@@ -74,10 +74,11 @@ pub struct LinkRow {
 pub async fn find_by_key(db: &Db, key: &str) -> sqlx::Result<Option<LinkRow>> {
     let mut tx = db.pool().begin().await?;
     db.set_local(&mut tx, LINK_KEY_SETTING, key).await?;
-    let tenant: Option<(String,)> = sqlx::query_as("SELECT tenant_id FROM links WHERE link_key = $1")
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let tenant: Option<(String,)> =
+        sqlx::query_as("SELECT tenant_id FROM links WHERE link_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some((tenant,)) = tenant else {
         return Ok(None);
     };
@@ -131,7 +132,15 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                 let n = i * CLICK_PARAMS;
                 format!(
                     "(${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
-                    n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8,
+                    n + 9
                 )
             })
             .collect();

@@ -14,7 +14,9 @@ use crate::app::AppState;
 use crate::campaigns::{self, CommissionInput, CommissionRule, Partnership};
 use crate::clock::rfc3339;
 use crate::db::Tx;
-use crate::http::error::{AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result};
+use crate::http::error::{
+    AuthProblems, Error, FieldError, InvalidProblem, NotFoundProblem, Result,
+};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
 use crate::http::validate::{check_text, nullable, validated};
@@ -112,7 +114,13 @@ fn event(p: &StoredPartner, notify: Option<bool>) -> Value {
     })
 }
 
-async fn emit(state: &AppState, tx: &mut Tx, p: &StoredPartner, kind: &str, data: Value) -> Result<()> {
+async fn emit(
+    state: &AppState,
+    tx: &mut Tx,
+    p: &StoredPartner,
+    kind: &str,
+    data: Value,
+) -> Result<()> {
     outbox::emit(tx, &state.queue, &state.clock, &p.tenant_id, kind, data).await?;
     Ok(())
 }
@@ -231,10 +239,26 @@ async fn create_partner(
         created_at: now,
         updated_at: now,
     };
-    store::insert(&mut tx, &partner).await.map_err(email_taken)?;
-    identities::bind_member(&mut tx, tenant, &partner.id, &partner.email, partner.phone.as_deref(), now)
-        .await?;
-    emit(&state, &mut tx, &partner, "partner.created", event(&partner, None)).await?;
+    store::insert(&mut tx, &partner)
+        .await
+        .map_err(email_taken)?;
+    identities::bind_member(
+        &mut tx,
+        tenant,
+        &partner.id,
+        &partner.email,
+        partner.phone.as_deref(),
+        now,
+    )
+    .await?;
+    emit(
+        &state,
+        &mut tx,
+        &partner,
+        "partner.created",
+        event(&partner, None),
+    )
+    .await?;
     if let Some(network_id) = &partner.network_partner_id {
         let approved = json!(PartnershipEvent {
             partner_id: partner.id.clone(),
@@ -287,7 +311,14 @@ async fn list_partners(
     let email = query.email.as_deref().map(|e| e.trim().to_lowercase());
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
-    let rows = store::list(&mut tx, tenant, email.as_deref(), query.status.as_deref(), &page).await?;
+    let rows = store::list(
+        &mut tx,
+        tenant,
+        email.as_deref(),
+        query.status.as_deref(),
+        &page,
+    )
+    .await?;
     tx.commit().await?;
     let list = page.finish(rows, |p| (p.created_at, &p.id));
     Ok(axum::Json(List {
@@ -378,7 +409,8 @@ async fn update_partner(
     let mut phone_error = None;
     match body.phone {
         Some(Some(raw)) => {
-            let region = identities::phone_region(&mut tx, tenant, state.config.phone_region).await?;
+            let region =
+                identities::phone_region(&mut tx, tenant, state.config.phone_region).await?;
             (partner.phone, phone_error) = read_phone(&raw, region);
         }
         Some(None) => partner.phone = None,
@@ -386,9 +418,18 @@ async fn update_partner(
     }
     let now = state.clock.now_ms();
     partner.updated_at = now;
-    store::update(&mut tx, &partner).await.map_err(email_taken)?;
-    identities::bind_member(&mut tx, tenant, &partner.id, &partner.email, partner.phone.as_deref(), now)
-        .await?;
+    store::update(&mut tx, &partner)
+        .await
+        .map_err(email_taken)?;
+    identities::bind_member(
+        &mut tx,
+        tenant,
+        &partner.id,
+        &partner.email,
+        partner.phone.as_deref(),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     let mut updated = Partner::from(partner);
     updated.phone_error = phone_error;
@@ -427,7 +468,11 @@ async fn revoke_partner(
     } else {
         serde_json::from_slice(&body).map_err(|e| Error::InvalidBody(e.to_string()))?
     };
-    if body.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 500)
+    {
         return Err(Error::invalid("reason", "must be at most 500 characters"));
     }
     let notify = body.notify.unwrap_or(false);
@@ -470,7 +515,9 @@ async fn change_status(
         partner.updated_at = now;
         partner.revoked_at = revoking.then_some(now);
         partner.revoked_reason = if revoking { reason.clone() } else { None };
-        store::update(&mut tx, &partner).await.map_err(email_taken)?;
+        store::update(&mut tx, &partner)
+            .await
+            .map_err(email_taken)?;
         let entry = HistoryEntry {
             action: if revoking { "revoked" } else { "reinstated" }.to_owned(),
             reason,
@@ -510,7 +557,9 @@ async fn set_commission_terms(
     let mut errors = Vec::new();
     let rule = body.validate("commission", &mut errors);
     validated(errors)?;
-    amend(&state, &principal, &id, rule.as_ref()).await.map(axum::Json)
+    amend(&state, &principal, &id, rule.as_ref())
+        .await
+        .map(axum::Json)
 }
 
 /// Remove the partner's amendment: campaign terms apply again (admin).
@@ -542,7 +591,9 @@ async fn amend(
     let mut partner = existing(&mut tx, tenant, id).await?;
     partner.set_amendment(rule);
     partner.updated_at = state.clock.now_ms();
-    store::update(&mut tx, &partner).await.map_err(email_taken)?;
+    store::update(&mut tx, &partner)
+        .await
+        .map_err(email_taken)?;
     tx.commit().await?;
     Ok(partner.into())
 }
@@ -606,11 +657,20 @@ async fn join_campaign(
     let mut tx = state.db.write(tenant).await?;
     let partner = existing(&mut tx, tenant, &id).await?;
     let campaign = campaigns::routes::existing(&mut tx, tenant, &body.campaign_id).await?;
-    let (partnership, created) =
-        campaigns::store::join(&mut tx, &campaign, &partner.id, &ids::new("pts"), state.clock.now_ms())
-            .await?;
+    let (partnership, created) = campaigns::store::join(
+        &mut tx,
+        &campaign,
+        &partner.id,
+        &ids::new("pts"),
+        state.clock.now_ms(),
+    )
+    .await?;
     tx.commit().await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         axum::Json(Membership::new(partnership, partner.amendment().as_ref())),

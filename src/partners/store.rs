@@ -64,7 +64,11 @@ pub enum WriteError {
 }
 
 fn email_taken(err: sqlx::Error) -> WriteError {
-    if is_unique_violation(&err, "partners_email_key", "partners.tenant_id, partners.email") {
+    if is_unique_violation(
+        &err,
+        "partners_email_key",
+        "partners.tenant_id, partners.email",
+    ) {
         WriteError::EmailTaken
     } else {
         err.into()

@@ -142,7 +142,11 @@ pub async fn phone_region(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Option<S
 }
 
 /// Sets the tenant's phone region (`None`: use the server's).
-pub async fn set_phone_region(tx: &mut Tx, tenant_id: &str, region: Option<&str>) -> sqlx::Result<()> {
+pub async fn set_phone_region(
+    tx: &mut Tx,
+    tenant_id: &str,
+    region: Option<&str>,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE tenants SET phone_region = $1 WHERE id = $2")
         .bind(region)
         .bind(tenant_id)

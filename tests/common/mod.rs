@@ -219,7 +219,11 @@ impl TestServer {
             tenant_id: first.tenant.id.clone(),
             clock,
             running: Some(running),
-            client: reqwest::Client::new(),
+            // Redirects are answers to check (the click router's 302), not to follow.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
             db,
         }
     }
@@ -293,12 +297,12 @@ impl TestServer {
     }
 
     /// Follows a share link without following the redirect: (status, `Location`).
-    pub async fn click(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<String>) {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let mut request = client.get(self.url(path));
+    pub async fn click(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>) {
+        let mut request = self.client.get(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -321,7 +325,11 @@ impl TestServer {
     /// Creates a partner through the API; returns its representation.
     pub async fn partner(&self, email: &str) -> Value {
         let (status, partner) = self
-            .post("/v1/partners", &self.admin_key, serde_json::json!({"email": email, "name": "P"}))
+            .post(
+                "/v1/partners",
+                &self.admin_key,
+                serde_json::json!({"email": email, "name": "P"}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{partner}");
         partner
