@@ -227,7 +227,8 @@ async fn invalid_key_requests_get_field_errors(engine: Engine) {
 
 async fn partner_keys_act_as_their_partner(engine: Engine) {
     let srv = TestServer::start(engine).await;
-    let partner = "ptr_01J9Z8Y7X6W5V4T3S2R1Q0P9N8";
+    let partner = srv.partner("portal@example.com").await;
+    let partner = partner["id"].as_str().unwrap();
     let (_, key) = srv
         .mint(json!({"name": "partner portal", "kind": "partner", "partner_id": partner}))
         .await;
