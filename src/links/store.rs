@@ -114,8 +114,8 @@ pub struct Click {
 /// Parameters per click in the multi-row insert.
 const CLICK_PARAMS: usize = 9;
 
-/// Writes `clicks` (of any tenants) in one transaction: one multi-row insert per tenant, then
-/// flags the clicks of revoked partners, reading the partner's status as of this commit.
+/// Writes `clicks` (of any tenants) in one transaction, one multi-row insert per tenant. A click
+/// is flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let Some(first) = clicks.first() else {
         return Ok(());
@@ -125,29 +125,26 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     tenants.sort_unstable();
     tenants.dedup();
     for tenant in tenants {
-        db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        if tenant != first.tenant_id {
+            db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        }
         let batch: Vec<&Click> = clicks.iter().filter(|c| c.tenant_id == tenant).collect();
         let rows: Vec<String> = (0..batch.len())
             .map(|i| {
-                let n = i * CLICK_PARAMS;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 8,
-                    n + 9
-                )
+                let placeholders: Vec<String> = (1..=CLICK_PARAMS)
+                    .map(|p| format!("${}", i * CLICK_PARAMS + p))
+                    .collect();
+                format!("({})", placeholders.join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
                                  user_agent, referer, created_at)
-             VALUES {}",
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
+                    CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
+                    v.column6, v.column7, v.column8, v.column9
+             FROM (VALUES {}) AS v
+             LEFT JOIN partners p ON p.id = v.column4",
             rows.join(", ")
         );
         let mut insert = sqlx::query(&sql);
@@ -164,18 +161,6 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                 .bind(c.created_at);
         }
         insert.execute(&mut *tx).await?;
-        let ids: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "UPDATE clicks SET revoked = 1
-             WHERE tenant_id = $1 AND id IN ({})
-               AND partner_id IN (SELECT id FROM partners WHERE tenant_id = $1 AND status = 'revoked')",
-            ids.join(", ")
-        );
-        let mut flag = sqlx::query(&sql).bind(tenant);
-        for c in &batch {
-            flag = flag.bind(&c.id);
-        }
-        flag.execute(&mut *tx).await?;
     }
     tx.commit().await
 }
