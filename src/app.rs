@@ -26,7 +26,10 @@ use crate::outbound::{Guard, Outbound};
 use crate::secrets::{self, SecretBox};
 use crate::tenants::{self, Tenant};
 
-use job_queue::{Queue, Worker, WorkerOptions};
+use job_queue::{Periodic, Queue, Worker, WorkerOptions};
+
+/// How often periodic schedules are looked at.
+const PERIODIC_TICK: Duration = Duration::from_secs(1);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -196,9 +199,16 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         }),
         ..WorkerOptions::default()
     };
+    // Periodic jobs: every node schedules them; each window runs once (dedupe keys).
+    let periodic = crate::commissions::schedule(Periodic::new(state.queue.clone()))?;
+    let mut periodic_stopped = stopped.clone();
+    tokio::spawn(periodic.run(PERIODIC_TICK, async move {
+        let _ = periodic_stopped.changed().await;
+    }));
     let mut worker_stopped = stopped.clone();
     let worker = Worker::new(queue, worker_options);
     let worker = crate::webhooks::delivery::register(worker, state.clone());
+    let worker = crate::commissions::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

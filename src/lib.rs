@@ -6,11 +6,14 @@
 //! server, and `cli` is the command line around it.
 
 pub mod app;
+pub mod attribution;
 pub mod campaigns;
 pub mod cli;
 pub mod clock;
+pub mod commissions;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod identities;
 pub mod ids;

@@ -248,3 +248,22 @@ pub async fn partnerships(
         .fetch_all(&mut **tx)
         .await
 }
+
+/// The partner's partnership in the campaign, if it joined.
+pub async fn find_partnership(
+    tx: &mut Tx,
+    tenant_id: &str,
+    partner_id: &str,
+    campaign_id: &str,
+) -> sqlx::Result<Option<Partnership>> {
+    let sql = format!(
+        "SELECT {PARTNERSHIP_COLUMNS} FROM partnerships
+         WHERE tenant_id = $1 AND partner_id = $2 AND campaign_id = $3"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(partner_id)
+        .bind(campaign_id)
+        .fetch_optional(&mut **tx)
+        .await
+}

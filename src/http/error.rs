@@ -27,6 +27,24 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        code: &str,
+        detail: Option<String>,
+        errors: Vec<FieldError>,
+    ) -> Self {
+        Problem {
+            type_: format!("urn:switchyard:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            errors,
+        }
+    }
+}
+
 /// The OpenAPI answers every route behind an API key can give: 401 and 403.
 #[derive(utoipa::IntoResponses)]
 pub enum AuthProblems {
@@ -153,14 +171,10 @@ pub fn problem(
     detail: Option<String>,
     errors: Vec<FieldError>,
 ) -> Response {
-    let body = Problem {
-        type_: format!("urn:switchyard:problem:{code}"),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        detail,
-        code: code.to_owned(),
-        errors,
-    };
+    problem_response(status, Problem::new(status, code, detail, errors))
+}
+
+fn problem_response(status: StatusCode, body: Problem) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -169,8 +183,9 @@ pub fn problem(
     response
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
+impl Error {
+    /// The problem document this error answers with (an internal cause is logged, not told).
+    pub fn into_problem(self) -> Problem {
         let (status, code) = self.status_and_code();
         let detail = match &self {
             Self::Internal(cause) => {
@@ -179,15 +194,23 @@ impl IntoResponse for Error {
             }
             other => other.to_string(),
         };
-        let retry_after = match &self {
-            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            _ => None,
-        };
         let errors = match self {
             Self::Validation(errors) => errors,
             _ => Vec::new(),
         };
-        let mut response = problem(status, code, Some(detail), errors);
+        Problem::new(status, code, Some(detail), errors)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let body = self.into_problem();
+        let status = StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = problem_response(status, body);
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

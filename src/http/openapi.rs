@@ -28,6 +28,8 @@ use crate::app::AppState;
         (name = "partners", description = "Partners, their commission terms and campaigns"),
         (name = "campaigns", description = "Campaigns: destinations, commission rules, attribution"),
         (name = "links", description = "Share links and the click router"),
+        (name = "events", description = "Conversion events in: attribution, commissions, refunds"),
+        (name = "commissions", description = "What partners earned"),
         (name = "identities", description = "The identity graph: customers and members by e-mail, phone and ids"),
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
@@ -62,6 +64,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::campaigns::routes::router())
         .merge(crate::links::routes::router())
         .merge(crate::identities::routes::router())
+        .merge(crate::events::routes::router())
+        .merge(crate::commissions::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::webhooks::deliveries::router())
 }

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use crate::db::Tx;
 use crate::http::error::FieldError;
 
-pub use store::{find_subject, Subject};
+pub use store::{click_customer, find_subject, Subject};
 
 /// The kinds of identifier the graph knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

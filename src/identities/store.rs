@@ -123,7 +123,7 @@ pub(super) async fn insert_customer(
 
 /// The customer a click is tied to: `Some(None)` for a click tied to no one yet, `None` when
 /// the tenant has no such click.
-pub(super) async fn click_customer(
+pub async fn click_customer(
     tx: &mut Tx,
     tenant_id: &str,
     click_id: &str,

@@ -54,6 +54,8 @@ pub struct CommissionEvent {
     pub partner_id: String,
     pub campaign_id: String,
     pub event_id: String,
+    /// The click the conversion was attributed to.
+    pub click_id: String,
     /// Stable per conversion, so receivers can deduplicate.
     pub transaction_id: String,
     /// Minor units of `currency`.
@@ -109,6 +111,7 @@ fn commission_example() -> Value {
         partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
         campaign_id: "cmp_01JB3Z1A2B3C4D5E6F7G8H9J0K".to_owned(),
         event_id: "evt_crm_4711".to_owned(),
+        click_id: "clk_01JB3Z3C5D7E9F1G3H5J7K9M1N".to_owned(),
         transaction_id: "txn_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned(),
         amount: 1250,
         currency: "EUR".to_owned(),
@@ -159,7 +162,7 @@ pub const CATALOG: &[EventType] = &[
         schema: || schema_for!(AttributionEvent),
         example: || {
             json!(AttributionEvent {
-                attribution_id: "att_01JB3Z3D4E5F6G7H8J9K0M1N2P".to_owned(),
+                attribution_id: "atr_01JB3Z3D4E5F6G7H8J9K0M1N2P".to_owned(),
                 event_id: "evt_crm_4711".to_owned(),
                 event_type: "opportunity_won".to_owned(),
                 partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),

@@ -1,0 +1,272 @@
+//! Commissions: what a partner earns for an attributed conversion.
+//!
+//! - The rule is the partner's amendment if it has one, else the terms snapshotted when it
+//!   joined the campaign, else the campaign's rule. A percent rule takes `bps` basis points of
+//!   the amount, **rounded half up to the minor unit** (`1999 * 15% = 299.85 -> 300`); a flat rule
+//!   pays its amount whatever the conversion's. Nothing is earned when the result is zero.
+//! - Renewals earn only on recurring terms.
+//! - A commission is `pending` until its holdback has passed; then the periodic
+//!   `commissions.approve` job approves it. A refund of the same order reverses pending and
+//!   approved commissions; a refund of a paid one is recorded on it (`refunded_at`) and counted,
+//!   not clawed back.
+//! - Each change is announced: `commission.accrued`, `commission.approved`, `commission.reversed`.
+
+pub mod routes;
+pub mod store;
+
+use std::time::Duration;
+
+use job_queue::{Job, KindOptions, NewJob, Outcome, Periodic, Worker};
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::campaigns::{self, CommissionRule, StoredCampaign};
+use crate::clock::rfc3339;
+use crate::db::Tx;
+use crate::partners::StoredPartner;
+use crate::webhooks::catalog::CommissionEvent;
+use crate::{ids, outbox, tenants};
+
+pub use store::StoredCommission;
+
+pub const APPROVE: &str = "commissions.approve";
+/// When maturity is checked: every minute.
+pub const APPROVE_EVERY: &str = "0 * * * * *";
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Commissions approved per tenant per transaction.
+const APPROVE_BATCH: i64 = 500;
+
+/// `bps` basis points of `amount`, rounded half up to the minor unit.
+pub fn percent_of(amount: i64, bps: i64) -> i64 {
+    (amount * bps + 5_000).div_euclid(10_000)
+}
+
+/// What `rule` pays for a conversion of `amount` in `currency`: `None` when it pays nothing
+/// (a percent rule without an amount, or a zero result).
+pub fn earned(
+    rule: &CommissionRule,
+    amount: Option<i64>,
+    currency: Option<&str>,
+) -> Option<(i64, String)> {
+    let (earned, currency) = match rule {
+        CommissionRule::Percent { bps } => (percent_of(amount?, *bps), currency?.to_owned()),
+        CommissionRule::Flat { amount, currency } => (*amount, currency.clone()),
+    };
+    (earned > 0).then_some((earned, currency))
+}
+
+/// An attributed conversion, as commissions need it.
+pub struct Conversion<'a> {
+    pub id: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub order_id: &'a str,
+    pub occurred_at: i64,
+    pub amount: Option<i64>,
+    pub currency: Option<&'a str>,
+    pub click_id: &'a str,
+}
+
+/// Accrues the commission `conversion` earns `partner` in `campaign`, if any, and announces it.
+pub async fn accrue(
+    state: &AppState,
+    tx: &mut Tx,
+    partner: &StoredPartner,
+    campaign: &StoredCampaign,
+    conversion: &Conversion<'_>,
+) -> anyhow::Result<Option<StoredCommission>> {
+    let tenant = &partner.tenant_id;
+    let partnership =
+        campaigns::store::find_partnership(tx, tenant, &partner.id, &campaign.id).await?;
+    let (snapshot, recurring, holdback_days) = match &partnership {
+        Some(p) => (p.commission(), p.recurring == 1, p.holdback_days),
+        None => (campaign.commission(), campaign.recurring == 1, campaign.holdback_days),
+    };
+    if conversion.event_type == "renewal" && !recurring {
+        return Ok(None);
+    }
+    let rule = partner.amendment().unwrap_or(snapshot);
+    let Some((amount, currency)) = earned(&rule, conversion.amount, conversion.currency) else {
+        return Ok(None);
+    };
+    let now = state.clock.now_ms();
+    let commission = StoredCommission {
+        id: ids::new("com"),
+        tenant_id: tenant.clone(),
+        partner_id: partner.id.clone(),
+        campaign_id: campaign.id.clone(),
+        conversion_id: conversion.id.to_owned(),
+        click_id: conversion.click_id.to_owned(),
+        event_id: conversion.event_id.to_owned(),
+        order_id: conversion.order_id.to_owned(),
+        transaction_id: format!("txn_{}", conversion.id.trim_start_matches("cnv_")),
+        amount,
+        currency,
+        status: "pending".to_owned(),
+        matures_at: conversion.occurred_at + holdback_days * DAY_MS,
+        approved_at: None,
+        reversed_at: None,
+        refunded_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store::insert(tx, &commission).await?;
+    announce(state, tx, &commission, "commission.accrued").await?;
+    Ok(Some(commission))
+}
+
+/// What a refund did to the commissions of its order.
+#[derive(Default)]
+pub struct Refunded {
+    pub reversed: Vec<String>,
+    /// Paid commissions: recorded and counted, not clawed back.
+    pub already_paid: Vec<String>,
+}
+
+/// Applies a refund of `order_id`: reverses what is not paid yet, records it on what is.
+pub async fn refund_order(
+    state: &AppState,
+    tx: &mut Tx,
+    tenant_id: &str,
+    order_id: &str,
+) -> anyhow::Result<Refunded> {
+    let now = state.clock.now_ms();
+    let mut refunded = Refunded::default();
+    for mut commission in store::of_order(tx, tenant_id, order_id).await? {
+        match commission.status.as_str() {
+            "pending" | "approved" => {
+                commission.status = "reversed".to_owned();
+                commission.reversed_at = Some(now);
+                commission.refunded_at = Some(now);
+                commission.updated_at = now;
+                store::update_status(tx, &commission).await?;
+                announce(state, tx, &commission, "commission.reversed").await?;
+                refunded.reversed.push(commission.id);
+            }
+            "paid" => {
+                commission.refunded_at.get_or_insert(now);
+                commission.updated_at = now;
+                store::update_status(tx, &commission).await?;
+                refunded.already_paid.push(commission.id);
+            }
+            _ => {}
+        }
+    }
+    Ok(refunded)
+}
+
+fn payload(c: &StoredCommission) -> Value {
+    json!(CommissionEvent {
+        commission_id: c.id.clone(),
+        partner_id: c.partner_id.clone(),
+        campaign_id: c.campaign_id.clone(),
+        event_id: c.event_id.clone(),
+        click_id: c.click_id.clone(),
+        transaction_id: c.transaction_id.clone(),
+        amount: c.amount,
+        currency: c.currency.clone(),
+        status: c.status.clone(),
+        created_at: rfc3339(c.created_at),
+    })
+}
+
+async fn announce(
+    state: &AppState,
+    tx: &mut Tx,
+    commission: &StoredCommission,
+    event_type: &str,
+) -> anyhow::Result<()> {
+    outbox::emit(
+        tx,
+        &state.queue,
+        &state.clock,
+        &commission.tenant_id,
+        event_type,
+        payload(commission),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Registers the approval job on `worker`.
+pub fn register(worker: Worker, state: AppState) -> Worker {
+    worker.register(
+        APPROVE,
+        KindOptions {
+            concurrency: 1,
+            lease: Duration::from_secs(state.config.job_lease_secs),
+            ..KindOptions::default()
+        },
+        move |job| approve(state.clone(), job),
+    )
+}
+
+/// The periodic schedule that enqueues the approval job.
+pub fn schedule(periodic: Periodic) -> Result<Periodic, job_queue::Error> {
+    periodic.every(APPROVE_EVERY, NewJob::new(APPROVE, json!({})))
+}
+
+async fn approve(state: AppState, _job: Job) -> Outcome {
+    match approve_matured(&state).await {
+        Ok(_) => Outcome::Done,
+        Err(err) => Outcome::retry(format!("approving commissions failed: {err:#}")),
+    }
+}
+
+/// Approves every pending commission whose holdback has passed, in every tenant. Returns how
+/// many were approved.
+pub async fn approve_matured(state: &AppState) -> anyhow::Result<usize> {
+    let mut approved = 0;
+    for tenant in tenants::all_ids(state.db.pool()).await? {
+        loop {
+            let now = state.clock.now_ms();
+            let mut tx = state.db.write(&tenant).await?;
+            let due = store::matured(&mut tx, &tenant, now, APPROVE_BATCH).await?;
+            let count = due.len();
+            for mut commission in due {
+                commission.status = "approved".to_owned();
+                commission.approved_at = Some(now);
+                commission.updated_at = now;
+                store::update_status(&mut tx, &commission).await?;
+                announce(state, &mut tx, &commission, "commission.approved").await?;
+            }
+            tx.commit().await?;
+            state.queue.committed();
+            approved += count;
+            if (count as i64) < APPROVE_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(approved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_commissions_round_half_up_to_the_minor_unit() {
+        assert_eq!(percent_of(1999, 1500), 300); // 299.85
+        assert_eq!(percent_of(1000, 1500), 150);
+        assert_eq!(percent_of(10, 1250), 1); // 1.25
+        assert_eq!(percent_of(30, 1500), 5); // 4.5 -> 5
+        assert_eq!(percent_of(3, 1), 0); // 0.0003
+    }
+
+    #[test]
+    fn nothing_is_earned_without_an_amount_or_at_zero() {
+        let percent = CommissionRule::Percent { bps: 1000 };
+        assert_eq!(earned(&percent, None, None), None);
+        assert_eq!(earned(&percent, Some(4), Some("EUR")), None);
+        assert_eq!(
+            earned(&percent, Some(5000), Some("EUR")),
+            Some((500, "EUR".to_owned()))
+        );
+        let flat = CommissionRule::Flat {
+            amount: 700,
+            currency: "GBP".to_owned(),
+        };
+        assert_eq!(earned(&flat, None, None), Some((700, "GBP".to_owned())));
+    }
+}

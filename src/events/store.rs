@@ -1,0 +1,73 @@
+//! SQL for the `conversions` table.
+
+use crate::db::{is_unique_violation, Tx};
+
+#[derive(Clone, Debug)]
+pub struct NewConversion<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub order_id: &'a str,
+    pub occurred_at: i64,
+    pub customer_id: Option<&'a str>,
+    pub click_id: Option<&'a str>,
+    pub amount: Option<i64>,
+    pub currency: Option<&'a str>,
+    pub body_hash: &'a str,
+    pub created_at: i64,
+}
+
+/// The hash of the body and the stored answer of an event id the tenant sent before.
+pub async fn find(
+    tx: &mut Tx,
+    tenant_id: &str,
+    event_id: &str,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT body_hash, result FROM conversions WHERE tenant_id = $1 AND event_id = $2")
+        .bind(tenant_id)
+        .bind(event_id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Inserts the conversion; false when its event id exists (a concurrent duplicate).
+pub async fn insert(tx: &mut Tx, c: &NewConversion<'_>) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO conversions (id, tenant_id, event_id, event_type, order_id, occurred_at,
+                                  customer_id, click_id, amount, currency, body_hash, result, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', $12)",
+    )
+    .bind(c.id)
+    .bind(c.tenant_id)
+    .bind(c.event_id)
+    .bind(c.event_type)
+    .bind(c.order_id)
+    .bind(c.occurred_at)
+    .bind(c.customer_id)
+    .bind(c.click_id)
+    .bind(c.amount)
+    .bind(c.currency)
+    .bind(c.body_hash)
+    .bind(c.created_at)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e, "conversions_event_key", "conversions.tenant_id, conversions.event_id") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Stores the answer the event got, for repeats of its id.
+pub async fn set_result(tx: &mut Tx, tenant_id: &str, id: &str, result: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE conversions SET result = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(result)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
