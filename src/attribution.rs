@@ -121,7 +121,15 @@ pub async fn record(
         customer_id: customer_id.map(str::to_owned),
         created_at: rfc3339(now),
     });
-    outbox::emit(tx, &state.queue, &state.clock, tenant_id, "attribution.created", data).await?;
+    outbox::emit(
+        tx,
+        &state.queue,
+        &state.clock,
+        tenant_id,
+        "attribution.created",
+        data,
+    )
+    .await?;
     Ok(id)
 }
 

@@ -172,6 +172,32 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         404,
     ),
     ("GET", "/r/{key}", Needs::Nothing, 302),
+    ("POST", "/v1/events", Needs::Scope("events:write"), 201),
+    (
+        "POST",
+        "/v1/events/batch",
+        Needs::Scope("events:write"),
+        200,
+    ),
+    (
+        "GET",
+        "/v1/commissions",
+        Needs::Scope("commissions:read"),
+        200,
+    ),
+    // No commission has this id: an allowed caller reaches the handler and gets 404.
+    (
+        "GET",
+        "/v1/commissions/{id}",
+        Needs::Scope("commissions:read"),
+        404,
+    ),
+    (
+        "GET",
+        "/v1/partners/{id}/commissions",
+        Needs::Scope("commissions:read"),
+        200,
+    ),
 ];
 
 enum Caller {
@@ -247,6 +273,8 @@ async fn target(srv: &TestServer, path: &str, n: usize, campaign: &str) -> Strin
             )
             .await;
         link["key"].as_str().unwrap().to_owned()
+    } else if path.starts_with("/v1/commissions/") {
+        "com_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/queue/jobs/") {
         "job_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/deliveries/") {
@@ -276,6 +304,10 @@ fn body(method: &str, path: &str, n: usize, campaign: &str) -> Option<Value> {
             json!({"name": "C", "destination_url": "https://example.com",
             "commission": {"type": "percent", "bps": 100}}),
         ),
+        ("POST", "/v1/events") => Some(json!({"event_id": format!("e{n}"), "type": "signup"})),
+        ("POST", "/v1/events/batch") => {
+            Some(json!({"events": [{"event_id": format!("b{n}"), "type": "signup"}]}))
+        }
         ("POST", "/v1/identities") => {
             Some(json!({"identities": {"email": format!("c{n}@example.com")}}))
         }

@@ -2,16 +2,12 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use common::receiver::{verify_with_reference_library, Receiver};
 use common::{assert_problem, Engine, TestServer};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 on_both_engines!(
     platforms_subscribe_find_resubscribe_and_unsubscribe,
@@ -27,71 +23,6 @@ on_both_engines!(
     a_rate_limited_endpoint_gets_every_delivery_in_its_own_time,
     an_endpoint_failing_past_the_window_is_disabled,
 );
-
-/// A request the receiver got.
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-/// A queued answer: status and extra headers.
-type Answer = (u16, Vec<(&'static str, &'static str)>);
-
-/// A local HTTP receiver: answers with the queued responses (200 when none is queued) and
-/// reports every request it gets.
-struct Receiver {
-    url: String,
-    answers: Arc<Mutex<VecDeque<Answer>>>,
-    received: mpsc::UnboundedReceiver<Received>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let answers: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
-        let (tx, received) = mpsc::unbounded_channel();
-        let queued = answers.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let queued = queued.clone();
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(Received { headers, body });
-                    let (status, headers) = queued
-                        .lock()
-                        .unwrap()
-                        .pop_front()
-                        .unwrap_or((200, Vec::new()));
-                    let mut response =
-                        (StatusCode::from_u16(status).unwrap(), "thanks").into_response();
-                    for (name, value) in headers {
-                        response.headers_mut().insert(name, value.parse().unwrap());
-                    }
-                    response
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver {
-            url,
-            answers,
-            received,
-        }
-    }
-
-    fn answer(&self, status: u16, headers: Vec<(&'static str, &'static str)>) {
-        self.answers.lock().unwrap().push_back((status, headers));
-    }
-
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
-            .await
-            .expect("a delivery arrives")
-            .unwrap()
-    }
-}
 
 async fn subscribe(srv: &TestServer, url: &str, types: Value) -> Value {
     let (status, endpoint) = srv
@@ -174,57 +105,6 @@ async fn next_run(srv: &TestServer) -> i64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no delivery job is waiting for a retry");
-}
-
-/// Verifies a delivery with the reference Standard Webhooks library (PyPI `standardwebhooks`).
-/// CI installs it and sets SWITCHYARD_TEST_REFERENCE_VERIFIER=1, which makes it mandatory.
-fn verify_with_reference_library(secret: &str, received: &Received) -> bool {
-    let script = r#"
-import json, sys
-from standardwebhooks.webhooks import Webhook
-request = json.load(sys.stdin)
-Webhook(request["secret"]).verify(request["body"], request["headers"])
-"#;
-    let header = |name: &str| received.headers[name].to_str().unwrap().to_owned();
-    let input = json!({
-        "secret": secret,
-        "body": String::from_utf8(received.body.to_vec()).unwrap(),
-        "headers": {
-            "webhook-id": header("webhook-id"),
-            "webhook-timestamp": header("webhook-timestamp"),
-            "webhook-signature": header("webhook-signature"),
-        },
-    });
-    let mut child = match std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(_) => return false,
-    };
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("No module named 'standardwebhooks'") {
-        assert!(
-            std::env::var("SWITCHYARD_TEST_REFERENCE_VERIFIER").is_err(),
-            "the reference verifier is required here: pip install standardwebhooks"
-        );
-        return false;
-    }
-    assert!(
-        output.status.success(),
-        "the reference library rejected the delivery: {stderr}"
-    );
-    true
 }
 
 async fn platforms_subscribe_find_resubscribe_and_unsubscribe(engine: Engine) {
@@ -344,7 +224,7 @@ async fn a_message_reaches_every_subscribed_endpoint_signed(engine: Engine) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        other.received.try_recv().is_err(),
+        !other.has_more(),
         "an endpoint not subscribed to the type gets nothing"
     );
     srv.stop().await;

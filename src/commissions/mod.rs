@@ -80,7 +80,11 @@ pub async fn accrue(
         campaigns::store::find_partnership(tx, tenant, &partner.id, &campaign.id).await?;
     let (snapshot, recurring, holdback_days) = match &partnership {
         Some(p) => (p.commission(), p.recurring == 1, p.holdback_days),
-        None => (campaign.commission(), campaign.recurring == 1, campaign.holdback_days),
+        None => (
+            campaign.commission(),
+            campaign.recurring == 1,
+            campaign.holdback_days,
+        ),
     };
     if conversion.event_type == "renewal" && !recurring {
         return Ok(None);

@@ -77,7 +77,11 @@ pub async fn update_status(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()
     Ok(())
 }
 
-pub async fn find(tx: &mut Tx, tenant_id: &str, id: &str) -> sqlx::Result<Option<StoredCommission>> {
+pub async fn find(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<StoredCommission>> {
     let sql = format!("SELECT {COLUMNS} FROM commissions WHERE tenant_id = $1 AND id = $2");
     sqlx::query_as(&sql)
         .bind(tenant_id)

@@ -149,8 +149,15 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
             errors.push(FieldError::new("order_id", "must be 1 to 200 characters"));
         }
     }
-    if let Some(click) = event.click_id.as_deref().filter(|c| !ids::is_valid("clk", c)) {
-        errors.push(FieldError::new("click_id", format!("{click:?} is not a click id (clk_...)")));
+    if let Some(click) = event
+        .click_id
+        .as_deref()
+        .filter(|c| !ids::is_valid("clk", c))
+    {
+        errors.push(FieldError::new(
+            "click_id",
+            format!("{click:?} is not a click id (clk_...)"),
+        ));
     }
     if event.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         errors.push(FieldError::new("metadata", "must be a JSON object"));
@@ -158,10 +165,12 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
     let mut tx = state.db.write(tenant_id).await?;
     let region = identities::phone_region(&mut tx, tenant_id, state.config.phone_region).await?;
     let pairs = match &event.identities {
-        Some(given) => given.normalized(region, "identities").unwrap_or_else(|invalid| {
-            errors.extend(invalid);
-            Vec::new()
-        }),
+        Some(given) => given
+            .normalized(region, "identities")
+            .unwrap_or_else(|invalid| {
+                errors.extend(invalid);
+                Vec::new()
+            }),
         None => Vec::new(),
     };
     validated(errors)?;
@@ -266,7 +275,8 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
             )
             .await?;
             let partner = partners::existing(&mut tx, tenant_id, &click.partner_id).await?;
-            let campaign = campaigns::routes::existing(&mut tx, tenant_id, &click.campaign_id).await?;
+            let campaign =
+                campaigns::routes::existing(&mut tx, tenant_id, &click.campaign_id).await?;
             let conversion = Conversion {
                 id: &conversion_id,
                 event_id,

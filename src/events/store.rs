@@ -24,11 +24,13 @@ pub async fn find(
     tenant_id: &str,
     event_id: &str,
 ) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as("SELECT body_hash, result FROM conversions WHERE tenant_id = $1 AND event_id = $2")
-        .bind(tenant_id)
-        .bind(event_id)
-        .fetch_optional(&mut **tx)
-        .await
+    sqlx::query_as(
+        "SELECT body_hash, result FROM conversions WHERE tenant_id = $1 AND event_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(event_id)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 /// Inserts the conversion; false when its event id exists (a concurrent duplicate).
@@ -54,7 +56,13 @@ pub async fn insert(tx: &mut Tx, c: &NewConversion<'_>) -> sqlx::Result<bool> {
     .await;
     match inserted {
         Ok(_) => Ok(true),
-        Err(e) if is_unique_violation(&e, "conversions_event_key", "conversions.tenant_id, conversions.event_id") => {
+        Err(e)
+            if is_unique_violation(
+                &e,
+                "conversions_event_key",
+                "conversions.tenant_id, conversions.event_id",
+            ) =>
+        {
             Ok(false)
         }
         Err(e) => Err(e),

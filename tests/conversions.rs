@@ -1,0 +1,461 @@
+//! Conversion events in: the CRM-to-subscriber story end to end, dedupe, windows, models,
+//! revoked partners, renewals, holdback maturity, refunds and batches.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::{verify_with_reference_library, Receiver};
+use common::{assert_problem, Engine, TestServer};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+on_both_engines!(
+    an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked,
+    an_event_id_counts_once_and_cannot_be_reused,
+    a_click_just_outside_the_window_is_not_attributed,
+    the_campaign_model_picks_the_first_or_last_click,
+    clicks_of_revoked_partners_are_never_attributed,
+    renewals_earn_only_on_recurring_campaigns,
+    commissions_are_approved_once_the_holdback_has_passed,
+    a_refund_of_a_paid_commission_is_recorded_not_clawed_back,
+    one_bad_event_does_not_sink_its_batch,
+);
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A partner with a link to a new campaign made with `campaign` fields; returns
+/// (campaign id, partner id, link key).
+async fn program(srv: &TestServer, email: &str, campaign: Value) -> (String, String, String) {
+    let campaign = srv.campaign(campaign).await;
+    let partner = srv.partner(email).await;
+    let (status, link) = srv
+        .post(
+            &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
+            &srv.admin_key,
+            json!({"campaign_id": campaign["id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{link}");
+    (
+        campaign["id"].as_str().unwrap().to_owned(),
+        partner["id"].as_str().unwrap().to_owned(),
+        link["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Follows the link; returns the click id the destination received.
+async fn click(srv: &TestServer, key: &str) -> String {
+    let (status, location) = srv.click(&format!("/r/{key}"), &[]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    url::Url::parse(&location.unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "click_id")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+async fn event(srv: &TestServer, body: Value) -> (StatusCode, Value) {
+    srv.post("/v1/events", &srv.admin_key, body).await
+}
+
+async fn commission(srv: &TestServer, id: &str) -> Value {
+    let (status, commission) = srv
+        .get(&format!("/v1/commissions/{id}"), &srv.admin_key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{commission}");
+    commission
+}
+
+async fn an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut zapier = Receiver::start().await;
+    let (_, subscription) = srv
+        .post(
+            "/v1/webhooks",
+            &srv.admin_key,
+            json!({"url": zapier.url, "event_types": ["commission.accrued", "commission.reversed"]}),
+        )
+        .await;
+    let secret = subscription["secret"].as_str().unwrap().to_owned();
+    let (campaign, partner, key) = program(&srv, "ada@partners.example", json!({})).await;
+    let click_id = click(&srv, &key).await;
+
+    // The customer signs up: the backend stitches the click to what it knows about them.
+    let backend = srv
+        .mint(json!({"name": "backend", "scopes": ["events:write"]}))
+        .await
+        .1;
+    let (status, bound) = srv
+        .post(
+            "/v1/identities",
+            &backend,
+            json!({"click_id": click_id, "identities": {"email": "Buyer@Example.com", "crm_contact_id": "hs-77"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bound}");
+
+    // The CRM closes the deal, knowing only the e-mail. (The clock stays put: the reference
+    // library refuses signatures whose timestamp is more than five minutes from its own clock.)
+    let crm = srv
+        .mint(json!({"name": "HubSpot", "scopes": ["events:write"]}))
+        .await
+        .1;
+    let (status, result) = srv
+        .post(
+            "/v1/events",
+            &crm,
+            json!({"event_id": "deal-4711", "type": "opportunity_won", "amount": 199_900,
+                   "currency": "eur", "order_id": "order-4711",
+                   "identities": {"email": "buyer@example.com"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{result}");
+    assert_eq!(result["customer_id"], bound["customer_id"]);
+    assert_eq!(result["attribution"]["click_id"], click_id.as_str());
+    assert_eq!(result["attribution"]["partner_id"], partner.as_str());
+    let commission_id = result["commission_id"].as_str().unwrap().to_owned();
+    let accrued = commission(&srv, &commission_id).await;
+    assert_eq!(accrued["amount"], 29_985, "15% of 1,999.00 EUR");
+    assert_eq!(accrued["currency"], "EUR");
+    assert_eq!(accrued["status"], "pending");
+    assert_eq!(accrued["campaign_id"], campaign.as_str());
+
+    let received = zapier.next().await;
+    assert!(verify_with_reference_library(&secret, &received) || !reference_required());
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(body["type"], "commission.accrued");
+    assert_eq!(body["data"]["commission_id"], commission_id.as_str());
+    assert_eq!(body["data"]["amount"], 29_985);
+    assert_eq!(body["data"]["click_id"], click_id.as_str());
+    assert_eq!(body["data"]["transaction_id"], accrued["transaction_id"]);
+
+    // The customer gets a refund: the pending commission is reversed and the subscriber hears it.
+    let (status, refund) = srv
+        .post(
+            "/v1/events",
+            &crm,
+            json!({"event_id": "refund-4711", "type": "refund", "order_id": "order-4711",
+                   "amount": 199_900, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["reversed_commission_ids"], json!([commission_id]));
+    assert_eq!(
+        refund["attribution"],
+        Value::Null,
+        "a refund is never attributed"
+    );
+    assert_eq!(commission(&srv, &commission_id).await["status"], "reversed");
+    let received = zapier.next().await;
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(body["type"], "commission.reversed");
+    assert_eq!(body["data"]["commission_id"], commission_id.as_str());
+
+    let (_, listed) = srv
+        .get(
+            &format!("/v1/partners/{partner}/commissions?status=reversed"),
+            &srv.admin_key,
+        )
+        .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    let types: Vec<String> = srv.messages().await.into_iter().map(|(t, _)| t).collect();
+    assert!(
+        types.contains(&"attribution.created".to_owned()),
+        "{types:?}"
+    );
+    srv.stop().await;
+}
+
+fn reference_required() -> bool {
+    std::env::var("SWITCHYARD_TEST_REFERENCE_VERIFIER").is_ok()
+}
+
+async fn an_event_id_counts_once_and_cannot_be_reused(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({})).await;
+    let click_id = click(&srv, &key).await;
+    let body = json!({"event_id": "evt-1", "type": "purchase", "click_id": click_id,
+                      "amount": 1000, "currency": "EUR"});
+    let (status, first) = event(&srv, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // The same body again, keys in another order: the first answer, nothing new.
+    let reordered: Value = serde_json::from_str(&format!(
+        r#"{{"currency": "EUR", "amount": 1000, "click_id": "{click_id}", "type": "purchase", "event_id": "evt-1"}}"#
+    ))
+    .unwrap();
+    let (status, again) = event(&srv, reordered).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, first);
+    let (_, all) = srv.get("/v1/commissions", &srv.admin_key).await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 1);
+
+    let mut changed = body.clone();
+    changed["amount"] = json!(2000);
+    let conflict = event(&srv, changed).await;
+    assert_problem(&conflict, StatusCode::CONFLICT, "event_id_conflict");
+    srv.stop().await;
+}
+
+async fn a_click_just_outside_the_window_is_not_attributed(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({"attribution_window_days": 7})).await;
+    let inside = click(&srv, &key).await;
+    srv.clock.advance(7 * DAY - Duration::from_secs(60));
+    let (_, kept) = event(
+        &srv,
+        json!({"event_id": "in", "type": "signup", "click_id": inside}),
+    )
+    .await;
+    assert_eq!(kept["attribution"]["click_id"], inside.as_str(), "{kept}");
+
+    let outside = click(&srv, &key).await;
+    srv.clock.advance(7 * DAY + Duration::from_secs(1));
+    let (status, missed) = event(
+        &srv,
+        json!({"event_id": "out", "type": "signup", "click_id": outside}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{missed}");
+    assert_eq!(missed["attribution"], Value::Null, "{missed}");
+    assert_eq!(missed["commission_id"], Value::Null);
+    srv.stop().await;
+}
+
+/// Two clicks of one customer on two links of the campaign; returns the click ids in order.
+async fn two_clicks(srv: &TestServer, model: &str) -> (String, String, String) {
+    let (campaign, _, first_key) = program(
+        srv,
+        &format!("first-{model}@example.com"),
+        json!({"attribution_model": model}),
+    )
+    .await;
+    let second = srv.partner(&format!("second-{model}@example.com")).await;
+    let (_, link) = srv
+        .post(
+            &format!("/v1/partners/{}/links", second["id"].as_str().unwrap()),
+            &srv.admin_key,
+            json!({"campaign_id": campaign}),
+        )
+        .await;
+    let first = click(srv, &first_key).await;
+    srv.clock.advance(DAY);
+    let last = click(srv, link["key"].as_str().unwrap()).await;
+    for (click_id, n) in [(&first, 1), (&last, 2)] {
+        let (status, _) = srv
+            .post(
+                "/v1/identities",
+                &srv.admin_key,
+                json!({"click_id": click_id, "identities": {"user_id": format!("{model}-user")}}),
+            )
+            .await;
+        assert!(status.is_success(), "binding click {n}");
+    }
+    (campaign, first, last)
+}
+
+async fn the_campaign_model_picks_the_first_or_last_click(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    for (model, expect_first) in [("last_click", false), ("first_click", true)] {
+        let (_, first, last) = two_clicks(&srv, model).await;
+        srv.clock.advance(DAY);
+        let (status, result) = event(
+            &srv,
+            json!({"event_id": format!("buy-{model}"), "type": "purchase", "amount": 5000,
+                   "currency": "EUR", "identities": {"user_id": format!("{model}-user")}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{result}");
+        let expected = if expect_first { &first } else { &last };
+        assert_eq!(
+            result["attribution"]["click_id"],
+            expected.as_str(),
+            "{model}"
+        );
+    }
+    srv.stop().await;
+}
+
+async fn clicks_of_revoked_partners_are_never_attributed(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, partner, key) = program(&srv, "p@example.com", json!({})).await;
+    let before = click(&srv, &key).await;
+    srv.post(
+        &format!("/v1/partners/{partner}/revoke"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
+    let during = click(&srv, &key).await;
+    for (n, click_id) in [&before, &during].into_iter().enumerate() {
+        let (status, result) = event(
+            &srv,
+            json!({"event_id": format!("e{n}"), "type": "purchase", "click_id": click_id,
+                   "amount": 100, "currency": "EUR"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(result["attribution"], Value::Null, "{result}");
+    }
+    // Reinstated, its earlier clicks count again, but the click made while revoked never does.
+    srv.post(
+        &format!("/v1/partners/{partner}/reinstate"),
+        &srv.admin_key,
+        json!({}),
+    )
+    .await;
+    let (_, again) = event(
+        &srv,
+        json!({"event_id": "e-before", "type": "signup", "click_id": before}),
+    )
+    .await;
+    assert_eq!(again["attribution"]["click_id"], before.as_str());
+    let (_, flagged) = event(
+        &srv,
+        json!({"event_id": "e-during", "type": "signup", "click_id": during}),
+    )
+    .await;
+    assert_eq!(flagged["attribution"], Value::Null);
+    srv.stop().await;
+}
+
+async fn renewals_earn_only_on_recurring_campaigns(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    for (recurring, earns) in [(false, false), (true, true)] {
+        let (_, _, key) = program(
+            &srv,
+            &format!("p{recurring}@example.com"),
+            json!({"recurring": recurring}),
+        )
+        .await;
+        let click_id = click(&srv, &key).await;
+        let (_, renewal) = event(
+            &srv,
+            json!({"event_id": format!("renew-{recurring}"), "type": "renewal",
+                   "click_id": click_id, "amount": 1000, "currency": "EUR"}),
+        )
+        .await;
+        assert!(renewal["attribution"].is_object(), "{renewal}");
+        assert_eq!(renewal["commission_id"].is_string(), earns, "{renewal}");
+    }
+    srv.stop().await;
+}
+
+async fn commissions_are_approved_once_the_holdback_has_passed(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let mut subscriber = Receiver::start().await;
+    srv.post(
+        "/v1/webhooks",
+        &srv.admin_key,
+        json!({"url": subscriber.url, "event_types": ["commission.approved"]}),
+    )
+    .await;
+    let (_, _, key) = program(
+        &srv,
+        "p@example.com",
+        json!({"holdback_days": 14, "commission": {"type": "flat", "amount": 2500, "currency": "GBP"}}),
+    )
+    .await;
+    let click_id = click(&srv, &key).await;
+    let (_, result) = event(
+        &srv,
+        json!({"event_id": "lead-1", "type": "lead_qualified", "click_id": click_id}),
+    )
+    .await;
+    let id = result["commission_id"].as_str().unwrap().to_owned();
+    assert_eq!(commission(&srv, &id).await["amount"], 2500);
+
+    srv.clock.advance(13 * DAY);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        commission(&srv, &id).await["status"],
+        "pending",
+        "still held back"
+    );
+
+    srv.clock.advance(DAY + Duration::from_secs(60));
+    let approved = subscriber.next().await;
+    let body: Value = serde_json::from_slice(&approved.body).unwrap();
+    assert_eq!(body["type"], "commission.approved");
+    assert_eq!(body["data"]["commission_id"], id.as_str());
+    let now = commission(&srv, &id).await;
+    assert_eq!(now["status"], "approved");
+    assert!(now["approved_at"].is_string());
+    srv.stop().await;
+}
+
+async fn a_refund_of_a_paid_commission_is_recorded_not_clawed_back(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({})).await;
+    let click_id = click(&srv, &key).await;
+    let (_, result) = event(
+        &srv,
+        json!({"event_id": "buy", "type": "purchase", "click_id": click_id, "order_id": "o-1",
+               "amount": 10_000, "currency": "EUR"}),
+    )
+    .await;
+    let id = result["commission_id"].as_str().unwrap().to_owned();
+    // Payouts are not built yet: mark it paid as a payout run will.
+    let db = srv.inspect().await;
+    sqlx::query("UPDATE commissions SET status = 'paid' WHERE id = $1")
+        .bind(&id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let (status, refund) = event(
+        &srv,
+        json!({"event_id": "refund", "type": "refund", "order_id": "o-1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{refund}");
+    assert_eq!(refund["reversed_commission_ids"], json!([]));
+    assert_eq!(refund["refunded_paid_commission_ids"], json!([id]));
+    let paid = commission(&srv, &id).await;
+    assert_eq!(paid["status"], "paid");
+    assert!(paid["refunded_at"].is_string());
+    srv.stop().await;
+}
+
+async fn one_bad_event_does_not_sink_its_batch(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({})).await;
+    let click_id = click(&srv, &key).await;
+    let (status, batch) = srv
+        .post(
+            "/v1/events/batch",
+            &srv.admin_key,
+            json!({"events": [
+                {"event_id": "b1", "type": "purchase", "click_id": click_id, "amount": 1000, "currency": "EUR"},
+                {"event_id": "b2", "type": "teleport"},
+                {"event_id": "b3", "type": "signup", "amount": 5},
+                {"type": "signup"},
+                {"event_id": "b1", "type": "purchase", "click_id": click_id, "amount": 1000, "currency": "EUR"},
+                {"event_id": "b6", "type": "custom.demo_booked", "click_id": click_id},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let results = batch["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 422, 422, 422, 200, 201], "{batch}");
+    assert_eq!(results[1]["problem"]["errors"][0]["field"], "type");
+    assert_eq!(results[2]["problem"]["errors"][0]["field"], "currency");
+    assert_eq!(results[3]["problem"]["code"], "invalid_body");
+    assert!(results[0]["result"]["commission_id"].is_string());
+
+    let empty = srv
+        .post("/v1/events/batch", &srv.admin_key, json!({"events": []}))
+        .await;
+    assert_problem(
+        &empty,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    srv.stop().await;
+}
