@@ -209,6 +209,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let worker = Worker::new(queue, worker_options);
     let worker = crate::webhooks::delivery::register(worker, state.clone());
     let worker = crate::commissions::register(worker, state.clone());
+    let worker = crate::postbacks::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

@@ -128,6 +128,15 @@ pub struct Config {
     )]
     pub phone_region: phonenumber::country::Id,
 
+    /// Consecutive failed fires after which a partner's postback is disabled.
+    #[arg(
+        long,
+        env = "SWITCHYARD_POSTBACK_DISABLE_AFTER",
+        default_value_t = 10,
+        global = true
+    )]
+    pub postback_disable_after: i64,
+
     /// Networks outbound requests may reach although they are not public, as comma-separated
     /// CIDRs (e.g. `10.0.0.0/8,127.0.0.0/8`). Everything else internal is refused (SSRF guard).
     #[arg(

@@ -81,6 +81,22 @@ async fn an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked(e
         .await;
     let secret = subscription["secret"].as_str().unwrap().to_owned();
     let (campaign, partner, key) = program(&srv, "ada@partners.example", json!({})).await;
+    // The partner's ad tracker wants a postback; the partner sets it up with its own key.
+    let mut tracker = Receiver::start().await;
+    let (_, partner_key) = srv
+        .mint(json!({"name": "portal", "kind": "partner", "partner_id": partner}))
+        .await;
+    let (status, postback) = srv
+        .post(
+            &format!("/v1/partners/{partner}/postbacks"),
+            &partner_key,
+            json!({"url_template": format!(
+                "{}?cid={{click_id}}&payout={{commission_amount}}&cur={{currency}}&tx={{transaction_id}}&ev={{event_type}}&deal={{event_id}}&typo={{clickid}}",
+                tracker.url
+            )}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{postback}");
     let click_id = click(&srv, &key).await;
 
     // The customer signs up: the backend stitches the click to what it knows about them.
@@ -107,7 +123,7 @@ async fn an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked(e
         .post(
             "/v1/events",
             &crm,
-            json!({"event_id": "deal-4711", "type": "opportunity_won", "amount": 199_900,
+            json!({"event_id": "deal 4711/won", "type": "opportunity_won", "amount": 199_900,
                    "currency": "eur", "order_id": "order-4711",
                    "identities": {"email": "buyer@example.com"}}),
         )
@@ -132,6 +148,17 @@ async fn an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked(e
     assert_eq!(body["data"]["click_id"], click_id.as_str());
     assert_eq!(body["data"]["transaction_id"], accrued["transaction_id"]);
 
+    // The tracker gets its GET with every macro filled in and encoded, the typo left alone.
+    let pinged = tracker.next().await;
+    assert_eq!(pinged.method, reqwest::Method::GET);
+    let tx = accrued["transaction_id"].as_str().unwrap();
+    assert_eq!(
+        pinged.uri.to_string(),
+        format!(
+            "/hook?cid={click_id}&payout=299.85&cur=EUR&tx={tx}&ev=commission.accrued&deal=deal%204711%2Fwon&typo={{clickid}}"
+        )
+    );
+
     // The customer gets a refund: the pending commission is reversed and the subscriber hears it.
     let (status, refund) = srv
         .post(
@@ -153,6 +180,29 @@ async fn an_opportunity_won_in_the_crm_pays_the_partner_whose_link_was_clicked(e
     let body: Value = serde_json::from_slice(&received.body).unwrap();
     assert_eq!(body["type"], "commission.reversed");
     assert_eq!(body["data"]["commission_id"], commission_id.as_str());
+    let pinged = tracker.next().await;
+    assert!(
+        pinged
+            .uri
+            .to_string()
+            .contains(&format!("tx={tx}&ev=commission.reversed")),
+        "the same transaction id, so the tracker can match it: {}",
+        pinged.uri
+    );
+    // The counters are written once the tracker's answer is in.
+    let mut postbacks = Value::Null;
+    for _ in 0..50 {
+        postbacks = srv
+            .get(&format!("/v1/partners/{partner}/postbacks"), &partner_key)
+            .await
+            .1;
+        if postbacks["data"][0]["success_count"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(postbacks["data"][0]["success_count"], 2, "{postbacks}");
+    assert_eq!(postbacks["data"][0]["last_status"], 200);
 
     let (_, listed) = srv
         .get(

@@ -172,6 +172,30 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         404,
     ),
     ("GET", "/r/{key}", Needs::Nothing, 302),
+    (
+        "POST",
+        "/v1/partners/{id}/postbacks",
+        Needs::Scope("postbacks:write"),
+        201,
+    ),
+    (
+        "GET",
+        "/v1/partners/{id}/postbacks",
+        Needs::Scope("postbacks:write"),
+        200,
+    ),
+    (
+        "PATCH",
+        "/v1/partners/{id}/postbacks/{postback_id}",
+        Needs::Scope("postbacks:write"),
+        200,
+    ),
+    (
+        "DELETE",
+        "/v1/partners/{id}/postbacks/{postback_id}",
+        Needs::Scope("postbacks:write"),
+        204,
+    ),
     ("POST", "/v1/events", Needs::Scope("events:write"), 201),
     (
         "POST",
@@ -311,6 +335,9 @@ fn body(method: &str, path: &str, n: usize, campaign: &str) -> Option<Value> {
         ("POST", "/v1/identities") => {
             Some(json!({"identities": {"email": format!("c{n}@example.com")}}))
         }
+        ("POST", p) if p.ends_with("/postbacks") => {
+            Some(json!({"url_template": "https://tracker.example/?c={click_id}"}))
+        }
         ("POST", p) if p.ends_with("/campaigns") || p.ends_with("/links") => {
             Some(json!({"campaign_id": campaign}))
         }
@@ -373,7 +400,18 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
     for (method, path, needs, ok) in ROUTES {
         for (label, caller, key) in &callers {
             n += 1;
-            let mut path = if path.contains("{id}") {
+            let mut path = if path.contains("{postback_id}") {
+                let partner = target(&srv, path, n, &campaign).await;
+                let (_, postback) = srv
+                    .post(
+                        &format!("/v1/partners/{partner}/postbacks"),
+                        &srv.admin_key,
+                        json!({"url_template": "https://tracker.example/?c={click_id}"}),
+                    )
+                    .await;
+                path.replace("{id}", &partner)
+                    .replace("{postback_id}", postback["id"].as_str().unwrap())
+            } else if path.contains("{id}") {
                 path.replace("{id}", &target(&srv, path, n, &campaign).await)
             } else if path.contains("{key}") {
                 path.replace("{key}", &target(&srv, path, n, &campaign).await)

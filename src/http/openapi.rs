@@ -30,6 +30,7 @@ use crate::app::AppState;
         (name = "links", description = "Share links and the click router"),
         (name = "events", description = "Conversion events in: attribution, commissions, refunds"),
         (name = "commissions", description = "What partners earned"),
+        (name = "postbacks", description = "Partners' ad-tracker postbacks (GET URL templates)"),
         (name = "identities", description = "The identity graph: customers and members by e-mail, phone and ids"),
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
@@ -66,6 +67,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::identities::routes::router())
         .merge(crate::events::routes::router())
         .merge(crate::commissions::routes::router())
+        .merge(crate::postbacks::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::webhooks::deliveries::router())
 }

@@ -63,13 +63,19 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;
     state.metrics.observe_queue(&stats);
     let mut endpoints = Vec::new();
+    let mut postbacks = Vec::new();
     for tenant in crate::tenants::all_ids(state.db.pool()).await? {
         let mut tx = state.db.read(&tenant).await?;
         let counters = crate::webhooks::store::counters(&mut tx, &tenant).await?;
         tx.commit().await?;
         endpoints.extend(counters);
+        let mut tx = state.db.read(&tenant).await?;
+        let counters = crate::postbacks::store::counters(&mut tx, &tenant).await?;
+        tx.commit().await?;
+        postbacks.extend(counters);
     }
     state.metrics.observe_endpoints(&endpoints);
+    state.metrics.observe_postbacks(&postbacks);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &state.metrics.registry)
         .map_err(|e| Error::Internal(anyhow::anyhow!("encoding metrics: {e}")))?;
@@ -113,6 +119,13 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PostbackLabels {
+    tenant: String,
+    partner: String,
+    postback: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     queue: String,
     kind: String,
@@ -129,6 +142,9 @@ pub struct Metrics {
     endpoint_failures: Family<EndpointLabels, Gauge>,
     endpoint_streak: Family<EndpointLabels, Gauge>,
     endpoint_enabled: Family<EndpointLabels, Gauge>,
+    postback_successes: Family<PostbackLabels, Gauge>,
+    postback_failures: Family<PostbackLabels, Gauge>,
+    postback_enabled: Family<PostbackLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -183,6 +199,24 @@ impl Default for Metrics {
             "1 while a webhook endpoint receives deliveries, 0 when paused or disabled",
             endpoint_enabled.clone(),
         );
+        let postback_successes = Family::<PostbackLabels, Gauge>::default();
+        let postback_failures = Family::<PostbackLabels, Gauge>::default();
+        let postback_enabled = Family::<PostbackLabels, Gauge>::default();
+        registry.register(
+            "postback_successes",
+            "Successful fires of a partner's postback since it was created",
+            postback_successes.clone(),
+        );
+        registry.register(
+            "postback_failures",
+            "Failed fires of a partner's postback since it was created",
+            postback_failures.clone(),
+        );
+        registry.register(
+            "postback_enabled",
+            "1 while a partner's postback fires, 0 when disabled",
+            postback_enabled.clone(),
+        );
         Self {
             registry,
             requests,
@@ -193,6 +227,9 @@ impl Default for Metrics {
             endpoint_failures,
             endpoint_streak,
             endpoint_enabled,
+            postback_successes,
+            postback_failures,
+            postback_enabled,
         }
     }
 }
@@ -224,6 +261,33 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(endpoint.consecutive_failures);
             self.endpoint_enabled.get_or_create(&labels).set(enabled);
+        }
+    }
+
+    /// Refreshes the postback gauges from fresh counters (called at scrape time).
+    fn observe_postbacks(&self, postbacks: &[crate::postbacks::store::StoredPostback]) {
+        for family in [
+            &self.postback_successes,
+            &self.postback_failures,
+            &self.postback_enabled,
+        ] {
+            family.clear();
+        }
+        for postback in postbacks {
+            let labels = PostbackLabels {
+                tenant: postback.tenant_id.clone(),
+                partner: postback.partner_id.clone(),
+                postback: postback.id.clone(),
+            };
+            self.postback_successes
+                .get_or_create(&labels)
+                .set(postback.success_count);
+            self.postback_failures
+                .get_or_create(&labels)
+                .set(postback.failure_count);
+            self.postback_enabled
+                .get_or_create(&labels)
+                .set(postback.enabled);
         }
     }
 

@@ -1,4 +1,5 @@
-//! The whole delivery path in one place: fan-out of a message to its endpoints, then for each
+//! The whole delivery path in one place: fan-out of a message to its endpoints (and, for
+//! `commission.*` messages, to the partner's postbacks: see `postbacks`), then for each
 //! delivery: sign, POST, record the attempt and the endpoint's counters, and decide what next.
 //!
 //! - 2xx succeeds. Anything else fails, 3xx included (redirects are never followed).
@@ -99,6 +100,16 @@ async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<
         anyhow::bail!("message {} not found", payload.message_id);
     };
     let now = state.clock.now_ms();
+    let data: serde_json::Value = serde_json::from_str(&message.payload)?;
+    crate::postbacks::fan_out(
+        state,
+        &mut tx,
+        tenant,
+        &message.id,
+        &message.event_type,
+        &data,
+    )
+    .await?;
     for endpoint in store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await? {
         let delivery = ids::new("dlv");
         if store::insert_delivery(&mut tx, &delivery, tenant, &message.id, &endpoint, now).await? {

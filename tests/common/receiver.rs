@@ -82,6 +82,14 @@ impl Receiver {
         !self.received.is_empty()
     }
 
+    /// The next request if one arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.received.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn next(&mut self) -> Received {
         tokio::time::timeout(Duration::from_secs(10), self.received.recv())
             .await
