@@ -51,8 +51,10 @@ async fn main() {
             let request = client
                 .post(format!("{base}/v1/events"))
                 .bearer_auth(&key)
-                .json(&json!({"event_id": event_id, "type": "purchase", "click_id": click,
-                              "amount": 10_000, "currency": "EUR"}));
+                .json(
+                    &json!({"event_id": event_id, "type": "purchase", "click_id": click,
+                              "amount": 10_000, "currency": "EUR"}),
+                );
             sent_at.insert(event_id, Instant::now());
             answers.spawn(async move {
                 let sent = Instant::now();
@@ -179,12 +181,15 @@ async fn setup(running: &Running, port: u16) -> Vec<String> {
     )
     .await
     .unwrap();
-    let partner: Value = post("/v1/partners", json!({"email": "bench@example.com", "name": "B"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let partner: Value = post(
+        "/v1/partners",
+        json!({"email": "bench@example.com", "name": "B"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let campaign: Value = post(
         "/v1/campaigns",
         json!({"name": "Bench", "destination_url": "https://shop.example.com/",
