@@ -70,6 +70,13 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+/// What a worker turn asks of one kind: up to `limit` due jobs, leased for `lease`.
+pub(crate) struct Want<'a> {
+    pub kind: &'a str,
+    pub limit: usize,
+    pub lease: Duration,
+}
+
 /// A claimed job as stored.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Claimed {
@@ -221,63 +228,96 @@ impl Queue {
         }
     }
 
-    /// Claims up to `limit` due jobs of `kind`, leasing them for `lease` under a fresh token.
+    /// Claims due jobs for several kinds at once (`wants`: kind, how many, lease), leasing
+    /// them under `token`. One statement, whatever the number of kinds.
     pub(crate) async fn claim(
         &self,
         tx: &mut Transaction<'static, Any>,
         queue: &str,
-        kind: &str,
-        limit: usize,
-        lease: Duration,
+        wants: &[Want<'_>],
         token: &str,
     ) -> Result<Vec<Claimed>, Error> {
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
-        // SQLite serialises writers, so the sub-select cannot hand one job to two claimers;
+        // SQLite serialises writers, so the sub-selects cannot hand one job to two claimers;
         // PostgreSQL skips rows another claimer has locked instead of waiting for them.
         let lock = match self.engine {
             Engine::Sqlite => "",
             Engine::Postgres => "FOR UPDATE SKIP LOCKED",
         };
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_until = $1,
-                             lease_token = $2, updated_at = $3
-             WHERE id IN (SELECT id FROM jobs
-                          WHERE queue = $4 AND kind = $5 AND state = 'available' AND run_at <= $3
+        // $1 now, $2 token, $3 queue; then per kind: name, limit, lease end.
+        let mut ctes = Vec::with_capacity(wants.len());
+        let mut picked = Vec::with_capacity(wants.len());
+        let mut leases = String::new();
+        for (n, _) in wants.iter().enumerate() {
+            let (kind, limit, lease) = (4 + 3 * n, 5 + 3 * n, 6 + 3 * n);
+            ctes.push(format!(
+                "c{n} AS (SELECT id FROM jobs
+                          WHERE queue = $3 AND kind = ${kind} AND state = 'available' AND run_at <= $1
                           ORDER BY priority DESC, run_at, id
-                          LIMIT $6 {lock})
-             RETURNING {CLAIMED_COLUMNS}"
+                          LIMIT ${limit} {lock})"
+            ));
+            picked.push(format!("SELECT id FROM c{n}"));
+            leases.push_str(&format!(" WHEN ${kind} THEN ${lease}"));
+        }
+        let sql = format!(
+            "WITH {}
+             UPDATE jobs SET state = 'running', attempt = attempt + 1,
+                             lease_until = CASE kind{leases} END,
+                             lease_token = $2, updated_at = $1
+             WHERE id IN ({})
+             RETURNING {CLAIMED_COLUMNS}",
+            ctes.join(", "),
+            picked.join(" UNION ALL "),
         );
-        let claimed = sqlx::query_as(&sql)
-            .bind(now + lease.as_millis() as i64)
-            .bind(token)
-            .bind(now)
-            .bind(queue)
-            .bind(kind)
-            .bind(limit as i64)
-            .fetch_all(&mut **tx)
-            .await?;
-        Ok(claimed)
+        let mut query = sqlx::query_as(&sql).bind(now).bind(token).bind(queue);
+        for want in wants {
+            query = query
+                .bind(want.kind)
+                .bind(want.limit as i64)
+                .bind(now + want.lease.as_millis() as i64);
+        }
+        Ok(query.fetch_all(&mut **tx).await?)
     }
 
-    /// Marks a job done, if `token` still holds its lease. Returns false when fenced off.
+    /// Marks jobs done, each only if its token (`(id, token)` pairs) still holds its lease.
+    /// Returns the ids that were fenced off.
     pub(crate) async fn complete(
         &self,
         tx: &mut Transaction<'static, Any>,
-        id: &str,
-        token: &str,
-    ) -> Result<bool, Error> {
+        jobs: &[(&str, &str)],
+    ) -> Result<Vec<String>, Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
-        let done = sqlx::query(
+        let pairs: Vec<String> = (0..jobs.len())
+            .map(|n| format!("(${}, ${})", 2 + 2 * n, 3 + 2 * n))
+            .collect();
+        let sql = format!(
             "UPDATE jobs SET state = 'done', finished_at = $1, updated_at = $1,
                              lease_until = NULL, lease_token = NULL, last_error = NULL
-             WHERE id = $2 AND lease_token = $3 AND state = 'running'",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(token)
-        .execute(&mut **tx)
-        .await?;
-        Ok(done.rows_affected() == 1)
+             WHERE state = 'running' AND (id, lease_token) IN (VALUES {})
+             RETURNING id",
+            pairs.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(now);
+        for (id, token) in jobs {
+            query = query.bind(*id).bind(*token);
+        }
+        let done: std::collections::HashSet<String> = query
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
+        Ok(jobs
+            .iter()
+            .filter(|(id, _)| !done.contains(*id))
+            .map(|(id, _)| (*id).to_owned())
+            .collect())
     }
 
     /// Schedules the next attempt `delay` from now, or buries the job when its attempts are

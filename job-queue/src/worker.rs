@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::queue::Claimed;
+use crate::queue::{Claimed, Want};
 use crate::{Error, Queue, RetrySchedule};
 
 /// What a handler decided about its job.
@@ -272,10 +272,15 @@ impl Worker {
         }
         let attempt = async {
             let mut tx = self.queue.begin_write().await?;
-            let mut fenced = Vec::new();
+            let completed: Vec<(&str, &str)> = finished
+                .iter()
+                .filter(|done| done.outcome == Outcome::Done)
+                .map(|done| (done.id.as_str(), done.token.as_str()))
+                .collect();
+            let mut fenced = self.queue.complete(&mut tx, &completed).await?;
             for done in finished.iter() {
                 let recorded = match &done.outcome {
-                    Outcome::Done => self.queue.complete(&mut tx, &done.id, &done.token).await?,
+                    Outcome::Done => continue,
                     Outcome::Retry { after, error } => {
                         let delay = after.unwrap_or_default();
                         self.queue
@@ -304,25 +309,28 @@ impl Worker {
                     fenced.push(done.id.clone());
                 }
             }
-            let mut claimed = Vec::new();
-            for (index, kind) in self.kinds.iter().enumerate() {
-                if free[index] == 0 {
-                    continue;
-                }
-                let token = ulid::Ulid::new().to_string();
-                let jobs = self
-                    .queue
-                    .claim(
-                        &mut tx,
-                        &self.options.queue,
-                        &kind.name,
-                        free[index],
-                        kind.options.lease,
-                        &token,
-                    )
-                    .await?;
-                claimed.extend(jobs.into_iter().map(|job| (index, job, token.clone())));
-            }
+            let wants: Vec<Want> = self
+                .kinds
+                .iter()
+                .zip(&free)
+                .filter(|(_, free)| **free > 0)
+                .map(|(kind, free)| Want {
+                    kind: &kind.name,
+                    limit: *free,
+                    lease: kind.options.lease,
+                })
+                .collect();
+            let token = ulid::Ulid::new().to_string();
+            let claimed = self
+                .queue
+                .claim(&mut tx, &self.options.queue, &wants, &token)
+                .await?
+                .into_iter()
+                .filter_map(|job| {
+                    let index = self.kinds.iter().position(|k| k.name == job.kind)?;
+                    Some((index, job, token.clone()))
+                })
+                .collect::<Vec<_>>();
             tx.commit().await?;
             Ok::<_, Error>((claimed, fenced))
         };
