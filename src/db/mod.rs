@@ -118,14 +118,36 @@ impl Db {
 
     /// A read transaction scoped to `tenant_id`.
     pub async fn read(&self, tenant_id: &str) -> sqlx::Result<Tx> {
-        let mut tx = self.pool.begin().await?;
-        self.set_local(&mut tx, TENANT_SETTING, tenant_id).await?;
-        Ok(tx)
+        self.begin_scoped(&self.pool, "BEGIN", tenant_id).await
     }
 
     /// A write transaction scoped to `tenant_id`.
     pub async fn write(&self, tenant_id: &str) -> sqlx::Result<Tx> {
-        let mut tx = self.writer.begin_with(self.dialect.begin_write()).await?;
+        self.begin_scoped(&self.writer, self.dialect.begin_write(), tenant_id)
+            .await
+    }
+
+    /// Begins on `pool` with the tenant setting in place. On PostgreSQL an id made of plain
+    /// characters (every id this service issues) rides in the BEGIN's own round trip as a
+    /// literal; anything else is bound as a parameter in a second statement.
+    async fn begin_scoped(
+        &self,
+        pool: &AnyPool,
+        begin: &'static str,
+        tenant_id: &str,
+    ) -> sqlx::Result<Tx> {
+        let plain = !tenant_id.is_empty()
+            && tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if self.dialect == Dialect::Postgres && plain {
+            return pool
+                .begin_with(format!(
+                    "{begin}; SELECT set_config('{TENANT_SETTING}', '{tenant_id}', true)"
+                ))
+                .await;
+        }
+        let mut tx = pool.begin_with(begin).await?;
         self.set_local(&mut tx, TENANT_SETTING, tenant_id).await?;
         Ok(tx)
     }
