@@ -17,7 +17,7 @@ use tower::Layer as _;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::db::{Db, Dialect, TENANT_SETTING};
+use crate::db::{Db, Dialect, GroupCommit, TENANT_SETTING};
 use crate::http::ops::Metrics;
 use crate::http::rate_limit::RateLimits;
 use crate::keys::{self, IssuedKey, KeyKind, NewKey};
@@ -43,6 +43,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     pub metrics: Arc<Metrics>,
     pub links: Arc<Links>,
+    /// Successful webhook attempts, group-committed.
+    pub webhook_successes: GroupCommit<crate::webhooks::store::Success>,
 }
 
 /// The default tenant and admin key created on first start: shown once.
@@ -163,6 +165,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let state = AppState {
         queue: queue.clone(),
         outbound,
+        webhook_successes: crate::webhooks::delivery::success_recorder(db.clone()),
         db,
         clock,
         secrets,

@@ -7,8 +7,10 @@
 //! same columns (a test compares the two schemas).
 
 mod dialect;
+mod group_commit;
 
 pub use dialect::{Dialect, KEY_PREFIX_SETTING, LINK_KEY_SETTING, TENANT_SETTING};
+pub use group_commit::GroupCommit;
 
 use std::time::Duration;
 
@@ -178,6 +180,34 @@ impl Db {
         self.pool.close().await;
         self.writer.close().await;
     }
+}
+
+/// `rows` tuples of `columns` numbered placeholders from `$first` on, for a multi-row
+/// `VALUES`: `placeholders(2, 2, 1)` is `($1, $2), ($3, $4)`.
+pub fn placeholders(rows: usize, columns: usize, first: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let numbers: Vec<String> = (0..columns)
+                .map(|column| format!("${}", first + row * columns + column))
+                .collect();
+            format!("({})", numbers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows of a group commit split by tenant, for one transaction that sets the tenant before each
+/// group's statements.
+pub fn by_tenant<'a, T>(rows: &'a [T], tenant: impl Fn(&T) -> &str) -> Vec<(&'a str, Vec<&'a T>)> {
+    let mut groups: Vec<(&'a str, Vec<&'a T>)> = Vec::new();
+    for row in rows {
+        let id = tenant(row);
+        match groups.iter_mut().find(|(t, _)| *t == id) {
+            Some((_, group)) => group.push(row),
+            None => groups.push((id, vec![row])),
+        }
+    }
+    groups
 }
 
 /// Quotes a PostgreSQL identifier (role names come from configuration).

@@ -20,9 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-
-use crate::db::Db;
+use crate::db::{Db, GroupCommit};
 
 pub use store::Click;
 
@@ -45,16 +43,11 @@ pub struct Target {
     pub click_param: String,
 }
 
-struct Pending {
-    click: Click,
-    stored: oneshot::Sender<bool>,
-}
-
 /// The click router's cache and its connection to the recorder task.
 pub struct Links {
     db: Db,
     cache: Mutex<HashMap<String, (Instant, Arc<Target>)>>,
-    recorder: mpsc::Sender<Pending>,
+    recorder: GroupCommit<Click>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +57,19 @@ pub struct NotStored;
 impl Links {
     /// Starts the recorder task on `db`.
     pub fn start(db: Db) -> Arc<Links> {
-        let (recorder, pending) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(record(db.clone(), pending));
+        let writer = db.clone();
+        let recorder = GroupCommit::start(MAX_BATCH, move |clicks: Vec<Click>| {
+            let db = writer.clone();
+            async move {
+                match store::insert_clicks(&db, &clicks).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(error = %err, clicks = clicks.len(), "storing clicks failed");
+                        false
+                    }
+                }
+            }
+        });
         Arc::new(Links {
             db,
             cache: Mutex::new(HashMap::new()),
@@ -114,33 +118,10 @@ impl Links {
 
     /// Stores `click`; returns once it is committed.
     pub async fn record(&self, click: Click) -> Result<(), NotStored> {
-        let (stored, done) = oneshot::channel();
-        self.recorder
-            .send(Pending { click, stored })
-            .await
-            .map_err(|_| NotStored)?;
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(NotStored),
-        }
-    }
-}
-
-/// The recorder: takes every click that is waiting (up to [`MAX_BATCH`]), commits them in one
-/// transaction and tells each waiting request the outcome.
-async fn record(db: Db, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let clicks: Vec<Click> = batch.iter().map(|p| p.click.clone()).collect();
-        let stored = match store::insert_clicks(&db, &clicks).await {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::error!(error = %err, clicks = clicks.len(), "storing clicks failed");
-                false
-            }
-        };
-        for waiting in batch.drain(..) {
-            let _ = waiting.stored.send(stored);
+        if self.recorder.submit(click).await {
+            Ok(())
+        } else {
+            Err(NotStored)
         }
     }
 }

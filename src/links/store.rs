@@ -117,26 +117,15 @@ const CLICK_PARAMS: usize = 9;
 /// Writes `clicks` (of any tenants) in one transaction, one multi-row insert per tenant. A click
 /// is flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
-    let Some(first) = clicks.first() else {
+    let groups = crate::db::by_tenant(clicks, |c| &c.tenant_id);
+    let Some((first, _)) = groups.first() else {
         return Ok(());
     };
-    let mut tx = db.write(&first.tenant_id).await?;
-    let mut tenants: Vec<&str> = clicks.iter().map(|c| c.tenant_id.as_str()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    for tenant in tenants {
-        if tenant != first.tenant_id {
+    let mut tx = db.write(first).await?;
+    for (n, (tenant, batch)) in groups.iter().enumerate() {
+        if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
-        let batch: Vec<&Click> = clicks.iter().filter(|c| c.tenant_id == tenant).collect();
-        let rows: Vec<String> = (0..batch.len())
-            .map(|i| {
-                let placeholders: Vec<String> = (1..=CLICK_PARAMS)
-                    .map(|p| format!("${}", i * CLICK_PARAMS + p))
-                    .collect();
-                format!("({})", placeholders.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
                                  user_agent, referer, created_at)
@@ -145,10 +134,10 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                     v.column6, v.column7, v.column8, v.column9
              FROM (VALUES {}) AS v
              LEFT JOIN partners p ON p.id = v.column4",
-            rows.join(", ")
+            crate::db::placeholders(batch.len(), CLICK_PARAMS, 1)
         );
         let mut insert = sqlx::query(&sql);
-        for c in &batch {
+        for c in batch {
             insert = insert
                 .bind(&c.id)
                 .bind(&c.tenant_id)

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::clock::rfc3339;
-use crate::db::Tx;
+use crate::db::{Db, GroupCommit, Tx};
 use crate::ids;
 
 use super::{signing, store};
@@ -204,31 +204,34 @@ async fn attempt(
     last_attempt: bool,
 ) -> anyhow::Result<Outcome> {
     let tenant = &payload.tenant_id;
+    let now = state.clock.now_ms();
     let mut tx = state.db.read(tenant).await?;
-    let delivery = store::find_delivery(&mut tx, tenant, &payload.delivery_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("delivery {} not found", payload.delivery_id))?;
-    let endpoint = store::find_endpoint(&mut tx, tenant, &delivery.endpoint_id).await?;
-    let message = store::find_message(&mut tx, tenant, &delivery.message_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("message {} not found", delivery.message_id))?;
+    let Some(found) = store::delivery_to_attempt(&mut tx, tenant, &payload.delivery_id).await?
+    else {
+        // The delivery is unknown, or its endpoint was deleted.
+        let delivery = store::find_delivery(&mut tx, tenant, &payload.delivery_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("delivery {} not found", payload.delivery_id))?;
+        tx.commit().await?;
+        if delivery.status == "pending" {
+            give_up(state, tenant, &delivery.id, now).await?;
+        }
+        return Ok(Outcome::Done);
+    };
     tx.commit().await?;
-    if delivery.status != "pending" {
+    if found.delivery_status != "pending" {
         return Ok(Outcome::Done);
     }
-    let now = state.clock.now_ms();
-    let endpoint = match endpoint {
-        Some(endpoint) if endpoint.status == "enabled" => endpoint,
-        Some(endpoint) if endpoint.status == "paused" => {
-            return Ok(Outcome::Snooze(PAUSED_RECHECK));
-        }
+    let endpoint = found.endpoint;
+    match endpoint.status.as_str() {
+        "enabled" => {}
+        "paused" => return Ok(Outcome::Snooze(PAUSED_RECHECK)),
         _ => {
-            let mut tx = state.db.write(tenant).await?;
-            store::finish_attempt(&mut tx, tenant, &delivery.id, "failed", None, now).await?;
-            tx.commit().await?;
+            give_up(state, tenant, &payload.delivery_id, now).await?;
             return Ok(Outcome::Done);
         }
-    };
+    }
+    let delivery_id = &payload.delivery_id;
 
     if let Some(per_second) = endpoint.rate_limit {
         let mut tx = state.db.write(tenant).await?;
@@ -240,10 +243,10 @@ async fn attempt(
     }
 
     let body = json!({
-        "id": message.id,
-        "type": message.event_type,
-        "timestamp": rfc3339(message.created_at),
-        "data": serde_json::from_str::<serde_json::Value>(&message.payload)?,
+        "id": found.message_id,
+        "type": found.event_type,
+        "timestamp": rfc3339(found.message_created_at),
+        "data": serde_json::from_str::<serde_json::Value>(&found.payload)?,
     })
     .to_string();
     let mut secrets = vec![state.secrets.open(&endpoint.secret)?];
@@ -256,72 +259,115 @@ async fn attempt(
     }
     let timestamp = now / 1000;
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    let signature = signing::signature_header(&secrets, &message.id, timestamp, body.as_bytes())
-        .ok_or_else(|| anyhow::anyhow!("endpoint {} has a malformed secret", endpoint.id))?;
+    let signature =
+        signing::signature_header(&secrets, &found.message_id, timestamp, body.as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("endpoint {} has a malformed secret", endpoint.id))?;
     let answer = send(
         state,
         &endpoint.url,
-        &message.id,
+        &found.message_id,
         timestamp,
         &signature,
         body,
     )
     .await;
 
-    let succeeded = answer.status.is_some_and(|s| (200..300).contains(&s));
-    let gone = answer.status == Some(410);
+    let attempt_id = ids::new("att");
+    let latency_ms = answer.latency.as_millis() as i64;
+    if let Some(code) = answer.status.filter(|s| (200..300).contains(s)) {
+        let recorded = state
+            .webhook_successes
+            .submit(store::Success {
+                attempt_id,
+                tenant_id: tenant.clone(),
+                delivery_id: delivery_id.clone(),
+                endpoint_id: endpoint.id,
+                status_code: i64::from(code),
+                latency_ms,
+                response_body: answer.body,
+                at: now,
+            })
+            .await;
+        return Ok(if recorded {
+            Outcome::Done
+        } else {
+            // Sent again later: receivers deduplicate on the message id.
+            Outcome::retry("the successful attempt could not be recorded")
+        });
+    }
+
     let status = answer.status.map(i64::from);
     let mut tx = state.db.write(tenant).await?;
     store::insert_attempt(
         &mut tx,
         &store::AttemptRecord {
-            id: &ids::new("att"),
+            id: &attempt_id,
             tenant_id: tenant,
-            delivery_id: &delivery.id,
+            delivery_id,
             endpoint_id: &endpoint.id,
             status_code: status,
             error_class: answer.error_class,
-            latency_ms: answer.latency.as_millis() as i64,
+            latency_ms,
             response_body: &answer.body,
             at: now,
         },
     )
     .await?;
-    let outcome = if succeeded {
-        // The endpoint row is shared by all its deliveries: update it last, so its row lock is
-        // held only until the commit that follows.
-        store::finish_attempt(&mut tx, tenant, &delivery.id, "succeeded", status, now).await?;
-        store::count_success(&mut tx, tenant, &endpoint.id, status, now).await?;
-        Outcome::Done
-    } else {
-        let window = Duration::from_secs(state.config.webhook_disable_after_hours * 3600);
-        let disabled = store::count_failure(
-            &mut tx,
-            tenant,
-            &endpoint.id,
-            status,
-            now,
-            now - window.as_millis() as i64,
-            gone.then_some("the receiver answered 410 Gone"),
-        )
-        .await?;
-        let failed = disabled || last_attempt;
-        let state_after = if failed { "failed" } else { "pending" };
-        store::finish_attempt(&mut tx, tenant, &delivery.id, state_after, status, now).await?;
-        let error = match (answer.status, answer.error_class) {
-            (Some(code), _) => format!("the receiver answered {code}"),
-            (None, Some(class)) => format!("{class}: {}", answer.body),
-            (None, None) => "no answer".to_owned(),
-        };
-        match (disabled, last_attempt, answer.retry_after) {
-            (true, _, _) => Outcome::Done,
-            (false, true, _) => Outcome::Fail(error),
-            (false, false, Some(after)) => Outcome::retry_after(after, error),
-            (false, false, None) => Outcome::retry(error),
-        }
-    };
+    let window = Duration::from_secs(state.config.webhook_disable_after_hours * 3600);
+    let disabled = store::count_failure(
+        &mut tx,
+        tenant,
+        &endpoint.id,
+        status,
+        now,
+        now - window.as_millis() as i64,
+        (answer.status == Some(410)).then_some("the receiver answered 410 Gone"),
+    )
+    .await?;
+    let failed = disabled || last_attempt;
+    let state_after = if failed { "failed" } else { "pending" };
+    store::finish_attempt(&mut tx, tenant, delivery_id, state_after, status, now).await?;
     tx.commit().await?;
-    Ok(outcome)
+    let error = match (answer.status, answer.error_class) {
+        (Some(code), _) => format!("the receiver answered {code}"),
+        (None, Some(class)) => format!("{class}: {}", answer.body),
+        (None, None) => "no answer".to_owned(),
+    };
+    Ok(match (disabled, last_attempt, answer.retry_after) {
+        (true, _, _) => Outcome::Done,
+        (false, true, _) => Outcome::Fail(error),
+        (false, false, Some(after)) => Outcome::retry_after(after, error),
+        (false, false, None) => Outcome::retry(error),
+    })
+}
+
+/// Fails a pending delivery whose endpoint is gone or disabled, without an attempt.
+async fn give_up(
+    state: &AppState,
+    tenant: &str,
+    delivery_id: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let mut tx = state.db.write(tenant).await?;
+    store::finish_attempt(&mut tx, tenant, delivery_id, "failed", None, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The group commit that records successful attempts (see [`store::record_successes`]).
+pub fn success_recorder(db: Db) -> GroupCommit<store::Success> {
+    GroupCommit::start(256, move |successes: Vec<store::Success>| {
+        let db = db.clone();
+        async move {
+            match store::record_successes(&db, &successes).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::error!(error = %err, attempts = successes.len(), "recording successful attempts failed");
+                    false
+                }
+            }
+        }
+    })
 }
 
 async fn send(

@@ -1,6 +1,6 @@
 //! SQL for webhook endpoints, messages, deliveries and attempts.
 
-use crate::db::Tx;
+use crate::db::{Db, Tx, TENANT_SETTING};
 use crate::http::pagination::Page;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -158,7 +158,6 @@ pub struct StoredMessage {
     pub id: String,
     pub event_type: String,
     pub payload: String,
-    pub created_at: i64,
 }
 
 pub async fn find_message(
@@ -166,13 +165,11 @@ pub async fn find_message(
     tenant_id: &str,
     id: &str,
 ) -> sqlx::Result<Option<StoredMessage>> {
-    sqlx::query_as(
-        "SELECT id, event_type, payload, created_at FROM messages WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant_id)
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await
+    sqlx::query_as("SELECT id, event_type, payload FROM messages WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// Enabled endpoints whose filter takes `event_type` (an empty filter takes every type).
@@ -221,8 +218,6 @@ pub async fn insert_delivery(
 #[derive(Debug, sqlx::FromRow)]
 pub struct StoredDelivery {
     pub id: String,
-    pub message_id: String,
-    pub endpoint_id: String,
     pub status: String,
 }
 
@@ -231,13 +226,51 @@ pub async fn find_delivery(
     tenant_id: &str,
     id: &str,
 ) -> sqlx::Result<Option<StoredDelivery>> {
-    sqlx::query_as(
-        "SELECT id, message_id, endpoint_id, status FROM deliveries WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant_id)
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await
+    sqlx::query_as("SELECT id, status FROM deliveries WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// A delivery about to be attempted, read in one query with its message and endpoint.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeliveryToAttempt {
+    pub delivery_status: String,
+    pub message_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub message_created_at: i64,
+    #[sqlx(flatten)]
+    pub endpoint: StoredEndpoint,
+}
+
+/// The delivery `id` with its message and its live endpoint; `None` when either the delivery
+/// or its endpoint (deleted) is missing: [`find_delivery`] tells which.
+pub async fn delivery_to_attempt(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<DeliveryToAttempt>> {
+    let endpoint_columns: Vec<String> = ENDPOINT_COLUMNS
+        .split(", ")
+        .map(|column| format!("e.{column}"))
+        .collect();
+    let sql = format!(
+        "SELECT d.status AS delivery_status, m.id AS message_id, m.event_type, m.payload,
+                m.created_at AS message_created_at, {}
+         FROM deliveries d
+         JOIN messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id
+         JOIN webhook_endpoints e ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id
+                                 AND e.deleted_at IS NULL
+         WHERE d.tenant_id = $1 AND d.id = $2",
+        endpoint_columns.join(", ")
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// One attempt's result, as recorded.
@@ -295,16 +328,105 @@ pub async fn finish_attempt(
     Ok(())
 }
 
-/// Counts a success on the endpoint and clears its failure streak.
+/// A successful attempt, waiting to be group-committed.
+#[derive(Debug)]
+pub struct Success {
+    pub attempt_id: String,
+    pub tenant_id: String,
+    pub delivery_id: String,
+    pub endpoint_id: String,
+    pub status_code: i64,
+    pub latency_ms: i64,
+    pub response_body: String,
+    pub at: i64,
+}
+
+/// Records successful attempts of any tenants in one transaction: their attempts, their
+/// deliveries `succeeded`, and one counters update per endpoint (so deliveries to one endpoint
+/// share its row lock once per batch, not once each).
+pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()> {
+    let groups = crate::db::by_tenant(successes, |s| &s.tenant_id);
+    let Some((first, _)) = groups.first() else {
+        return Ok(());
+    };
+    let mut tx = db.write(first).await?;
+    for (n, (tenant, batch)) in groups.iter().enumerate() {
+        if n > 0 {
+            db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        }
+        let sql = format!(
+            "INSERT INTO delivery_attempts (id, tenant_id, delivery_id, endpoint_id, status_code,
+                 latency_ms, response_body, created_at)
+             VALUES {}",
+            crate::db::placeholders(batch.len(), 8, 1)
+        );
+        let mut insert = sqlx::query(&sql);
+        for s in batch {
+            insert = insert
+                .bind(&s.attempt_id)
+                .bind(&s.tenant_id)
+                .bind(&s.delivery_id)
+                .bind(&s.endpoint_id)
+                .bind(s.status_code)
+                .bind(s.latency_ms)
+                .bind(&s.response_body)
+                .bind(s.at);
+        }
+        insert.execute(&mut *tx).await?;
+
+        let cases: String = (0..batch.len())
+            .map(|n| format!(" WHEN ${} THEN ${}", 3 + 2 * n, 4 + 2 * n))
+            .collect();
+        let ids: Vec<String> = (0..batch.len())
+            .map(|n| format!("${}", 3 + 2 * n))
+            .collect();
+        let sql = format!(
+            "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1,
+                 last_status = CASE id{cases} END, updated_at = $2
+             WHERE tenant_id = $1 AND id IN ({})",
+            ids.join(", ")
+        );
+        let latest = batch.iter().map(|s| s.at).max().unwrap_or_default();
+        let mut update = sqlx::query(&sql).bind(*tenant).bind(latest);
+        for s in batch {
+            update = update.bind(&s.delivery_id).bind(s.status_code);
+        }
+        update.execute(&mut *tx).await?;
+
+        let mut endpoints: Vec<&str> = batch.iter().map(|s| s.endpoint_id.as_str()).collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        for endpoint in endpoints {
+            let mine: Vec<&&Success> = batch.iter().filter(|s| s.endpoint_id == endpoint).collect();
+            let last = mine
+                .iter()
+                .max_by_key(|s| s.at)
+                .expect("one success at least");
+            count_success(
+                &mut tx,
+                tenant,
+                endpoint,
+                mine.len() as i64,
+                Some(last.status_code),
+                last.at,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Counts `successes` on the endpoint and clears its failure streak.
 pub async fn count_success(
     tx: &mut Tx,
     tenant_id: &str,
     endpoint_id: &str,
+    successes: i64,
     status: Option<i64>,
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE webhook_endpoints SET success_count = success_count + 1, consecutive_failures = 0,
+        "UPDATE webhook_endpoints SET success_count = success_count + $5, consecutive_failures = 0,
              failing_since = NULL, last_status = $1, last_attempt_at = $2, last_success_at = $2, updated_at = $2
          WHERE tenant_id = $3 AND id = $4",
     )
@@ -312,6 +434,7 @@ pub async fn count_success(
     .bind(now)
     .bind(tenant_id)
     .bind(endpoint_id)
+    .bind(successes)
     .execute(&mut **tx)
     .await?;
     Ok(())
