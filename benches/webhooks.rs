@@ -26,11 +26,19 @@ const PACED_MESSAGES: usize = 750;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![(
-        "SQLite",
-        format!("sqlite:{}", dir.path().join("bench.db").display()),
-        None,
-    )];
+    // SWITCHYARD_BENCH_ONLY=postgres skips SQLite; SWITCHYARD_BENCH_ENDPOINTS=1,5 picks fan-outs.
+    let only_postgres = std::env::var("SWITCHYARD_BENCH_ONLY").is_ok_and(|v| v == "postgres");
+    let fan_outs: Vec<usize> = std::env::var("SWITCHYARD_BENCH_ENDPOINTS")
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![1, 5, 10]);
+    let mut engines = Vec::new();
+    if !only_postgres {
+        engines.push((
+            "SQLite",
+            format!("sqlite:{}", dir.path().join("bench.db").display()),
+            None,
+        ));
+    }
     if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
         let name = format!("sy_bench_hooks_{}", std::process::id());
         admin(&server, &format!("CREATE DATABASE {name}")).await;
@@ -46,7 +54,7 @@ async fn main() {
     for (name, url, cleanup) in engines {
         println!("\n== {name} ==");
         let running = start(&url).await;
-        for endpoints in [1, 5, 10] {
+        for &endpoints in &fan_outs {
             let key = running.first_start.as_ref().unwrap().key.plaintext.clone();
             subscribe(&running, &key, receiver_port, endpoints).await;
             let burst = measure(&running, &mut arrivals, endpoints, BURST_MESSAGES, None).await;
