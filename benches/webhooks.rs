@@ -6,7 +6,7 @@
 //!     SWITCHYARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo bench --bench webhooks
 //!
 //! Each message is accepted the way slices accept them (`outbox::emit` in a committed
-//! transaction); latency runs from that commit to the receiver reading the request.
+//! transaction; a burst from 16 concurrent producers); latency runs from that commit to the receiver reading the request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 const BURST_MESSAGES: usize = 1000;
 const PACED_RATE: u64 = 250;
 const PACED_MESSAGES: usize = 750;
+/// Concurrent producers in a burst.
+const EMITTERS: usize = 16;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -204,11 +206,17 @@ async fn measure(
     let state = running.state.clone();
     let tenant = running.first_start.as_ref().unwrap().tenant.id.clone();
     let committed: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-    let emitter = {
+    // A burst comes from EMITTERS concurrent producers, as from that many API requests at once;
+    // the paced run from one producer keeping the schedule.
+    let emitters = if rate.is_some() { 1 } else { EMITTERS };
+    let started = Instant::now();
+    let mut producers = tokio::task::JoinSet::new();
+    for first in 0..emitters {
         let committed = committed.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            for n in 0..messages {
+        let state = state.clone();
+        let tenant = tenant.clone();
+        producers.spawn(async move {
+            for n in (first..messages).step_by(emitters) {
                 if let Some(rate) = rate {
                     let due = started + Duration::from_micros(n as u64 * 1_000_000 / rate);
                     tokio::time::sleep_until(due.into()).await;
@@ -228,9 +236,8 @@ async fn measure(
                 committed.lock().unwrap().insert(id, Instant::now());
                 state.queue.committed();
             }
-            started
-        })
-    };
+        });
+    }
     let expected = messages * endpoints;
     let mut received = Vec::with_capacity(expected);
     while received.len() < expected {
@@ -240,7 +247,7 @@ async fn measure(
             .unwrap();
         received.push(arrival);
     }
-    let started = emitter.await.unwrap();
+    while producers.join_next().await.is_some() {}
     let last = received.iter().map(|(_, at)| *at).max().unwrap();
     let committed = committed.lock().unwrap();
     let mut latencies: Vec<f64> = received
