@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Engine, TestDb, TestServer};
-use job_queue::{KindOptions, NewJob, Outcome, Periodic, Queue, Worker, WorkerOptions};
+use job_queue::{Job, KindOptions, NewJob, Outcome, Periodic, Queue, Worker, WorkerOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use switchyard::clock::Clock;
@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, Notify};
 on_both_engines!(
     an_enqueue_exists_only_if_its_transaction_commits,
     a_duplicate_dedupe_key_returns_the_existing_job,
+    a_batch_enqueue_skips_known_dedupe_keys_and_every_new_job_runs,
     a_stored_retry_delay_survives_a_restart,
     a_stale_lease_holders_outcome_is_rejected,
     exhausted_jobs_die_with_their_error_and_can_be_replayed,
@@ -191,6 +192,59 @@ async fn a_duplicate_dedupe_key_returns_the_existing_job(engine: Engine) {
         .unwrap();
     assert_ne!(keyless_a.id, keyless_b.id);
     assert_eq!(count_jobs(&f.queue).await, 4);
+}
+
+async fn a_batch_enqueue_skips_known_dedupe_keys_and_every_new_job_runs(engine: Engine) {
+    let f = fixture(engine).await;
+    f.queue
+        .enqueue(NewJob::new("send", json!({"n": 0})).dedupe_key("send:0"))
+        .await
+        .unwrap();
+    let batch: Vec<NewJob> = (0..3)
+        .map(|n| NewJob::new("send", json!({ "n": n })).dedupe_key(&format!("send:{n}")))
+        .chain([NewJob::new("send", json!({"n": 3}))])
+        .collect();
+
+    let mut tx = f.db.write_global().await.unwrap();
+    f.queue.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        count_jobs(&f.queue).await,
+        1,
+        "a rolled-back batch leaves no job"
+    );
+
+    let mut tx = f.db.write_global().await.unwrap();
+    let new = f.queue.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        new, 3,
+        "send:0 existed; send:1, send:2 and the keyless job are new"
+    );
+    assert_eq!(count_jobs(&f.queue).await, 4);
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker = Worker::new(f.queue.clone(), fast()).register("send", KindOptions::default(), {
+        let seen = seen.clone();
+        move |job: Job| {
+            seen.lock()
+                .unwrap()
+                .push(job.payload["n"].as_i64().unwrap());
+            async { Outcome::Done }
+        }
+    });
+    let (stop, stopped) = spawn(worker);
+    for _ in 0..500 {
+        if seen.lock().unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    stopped.await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3], "every job ran once");
 }
 
 async fn a_stored_retry_delay_survives_a_restart(engine: Engine) {

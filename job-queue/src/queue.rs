@@ -116,6 +116,31 @@ impl Stats {
 /// The PostgreSQL channel an enqueue notifies on commit, so idle workers on every node wake.
 pub(crate) const CHANNEL: &str = "job_queue";
 
+/// The INSERT of new jobs, up to its `VALUES` rows (bound by [`bind_job`]).
+const INSERT_JOBS: &str = "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt,
+    max_attempts, run_at, dedupe_key, created_at, updated_at) VALUES";
+const ON_DUPLICATE: &str = "ON CONFLICT (queue, dedupe_key) DO NOTHING";
+
+/// Binds one row of [`INSERT_JOBS`]: id, queue, kind, payload, priority, max attempts, run at,
+/// dedupe key, now.
+fn bind_job<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    id: &str,
+    job: &'q NewJob,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(id.to_owned())
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(job.payload.to_string())
+        .bind(i64::from(job.priority))
+        .bind(i64::from(job.max_attempts.max(1)))
+        .bind(job.run_at.unwrap_or(now))
+        .bind(&job.dedupe_key)
+        .bind(now)
+}
+
 /// A handle on the jobs table.
 #[derive(Clone)]
 pub struct Queue {
@@ -168,33 +193,12 @@ impl Queue {
     ) -> Result<Enqueued, Error> {
         let now = self.now();
         let id = format!("job_{}", ulid::Ulid::new());
-        let inserted: Option<(String,)> = sqlx::query_as(
-            "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts,
-                               run_at, dedupe_key, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'available', $5, 0, $6, $7, $8, $9, $9)
-             ON CONFLICT (queue, dedupe_key) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&id)
-        .bind(&job.queue)
-        .bind(&job.kind)
-        .bind(job.payload.to_string())
-        .bind(i64::from(job.priority))
-        .bind(i64::from(job.max_attempts.max(1)))
-        .bind(job.run_at.unwrap_or(now))
-        .bind(&job.dedupe_key)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some((id,)) = inserted {
-            if self.engine == Engine::Postgres {
-                // Delivered when (and only if) the caller's transaction commits.
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(&job.queue)
-                    .execute(&mut **tx)
-                    .await?;
-            }
+        let sql = format!("{INSERT_JOBS} ($1, $2, $3, $4, 'available', $5, 0, $6, $7, $8, $9, $9) {ON_DUPLICATE} RETURNING id");
+        let inserted = bind_job(sqlx::query(&sql), &id, &job, now)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if inserted.is_some() {
+            self.notify_in(tx, &job.queue).await?;
             return Ok(Enqueued {
                 id,
                 duplicate: false,
@@ -212,6 +216,69 @@ impl Queue {
         })
     }
 
+    /// Enqueues `jobs` in the caller's transaction with one statement per 500 jobs; a job whose
+    /// dedupe key exists already on its queue is skipped. Returns how many were new.
+    pub async fn enqueue_all_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        jobs: &[NewJob],
+    ) -> Result<u64, Error> {
+        let now = self.now();
+        let mut inserted = 0;
+        for chunk in jobs.chunks(500) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|n| {
+                    let p = |column: usize| format!("${}", n * 9 + column);
+                    format!(
+                        "({}, {}, {}, {}, 'available', {}, 0, {}, {}, {}, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9),
+                        p(9)
+                    )
+                })
+                .collect();
+            let sql = format!("{INSERT_JOBS} {} {ON_DUPLICATE}", rows.join(", "));
+            let mut query = sqlx::query(&sql);
+            for job in chunk {
+                query = bind_job(query, &format!("job_{}", ulid::Ulid::new()), job, now);
+            }
+            inserted += query.execute(&mut **tx).await?.rows_affected();
+        }
+        if inserted > 0 {
+            let mut queues: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            for queue in queues {
+                self.notify_in(tx, queue).await?;
+            }
+        }
+        Ok(inserted)
+    }
+
+    /// On PostgreSQL, notifies the workers of every node listening for `queue` when (and only
+    /// if) the caller's transaction commits.
+    async fn notify_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        queue: &str,
+    ) -> Result<(), Error> {
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(queue)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Enqueues `job` in a transaction of its own.
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, Error> {
         let mut tx = self.begin_write().await?;
@@ -225,6 +292,21 @@ impl Queue {
         match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// A worker turn's transaction (outcomes and claims). On PostgreSQL its commit does not wait
+    /// for the disk flush: losing it in a database crash loses claims (their jobs are still
+    /// available) and done marks (their jobs run again, as after a worker crash), and a later
+    /// flushed commit flushes it too. SQLite in WAL mode with `synchronous = NORMAL` never waits.
+    pub(crate) async fn begin_turn(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => {
+                self.pool
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await
+            }
         }
     }
 
@@ -293,15 +375,19 @@ impl Queue {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let pairs: Vec<String> = (0..jobs.len())
-            .map(|n| format!("(${}, ${})", 2 + 2 * n, 3 + 2 * n))
+        // Each fenced by its own token: a job has one only while it runs (every way out of
+        // `running` clears it), so the state need not be named, and PostgreSQL finds the rows
+        // by their key rather than by scanning the `running` index, whatever statistics it has.
+        let ids: Vec<String> = (0..jobs.len()).map(|n| format!("${}", 2 + 2 * n)).collect();
+        let tokens: String = (0..jobs.len())
+            .map(|n| format!(" WHEN ${} THEN ${}", 2 + 2 * n, 3 + 2 * n))
             .collect();
         let sql = format!(
             "UPDATE jobs SET state = 'done', finished_at = $1, updated_at = $1,
                              lease_until = NULL, lease_token = NULL, last_error = NULL
-             WHERE state = 'running' AND (id, lease_token) IN (VALUES {})
+             WHERE id IN ({}) AND lease_token = CASE id{tokens} END
              RETURNING id",
-            pairs.join(", ")
+            ids.join(", ")
         );
         let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(now);
         for (id, token) in jobs {

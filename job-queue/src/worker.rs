@@ -271,7 +271,7 @@ impl Worker {
             return Vec::new();
         }
         let attempt = async {
-            let mut tx = self.queue.begin_write().await?;
+            let mut tx = self.queue.begin_turn().await?;
             let completed: Vec<(&str, &str)> = finished
                 .iter()
                 .filter(|done| done.outcome == Outcome::Done)

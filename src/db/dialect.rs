@@ -60,6 +60,16 @@ impl Dialect {
         }
     }
 
+    /// The statement that opens a write transaction whose loss in a database crash only makes
+    /// a job run again (see [`super::Db::write_replayable`]). PostgreSQL then commits without
+    /// waiting for the WAL flush; SQLite (WAL, `synchronous = NORMAL`) never waits for one.
+    pub(crate) fn begin_replayable(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN; SET LOCAL synchronous_commit = off",
+        }
+    }
+
     /// The job queue's name for this engine.
     pub fn queue_engine(self) -> job_queue::Engine {
         match self {

@@ -129,6 +129,16 @@ impl Db {
             .await
     }
 
+    /// A write transaction for a job handler whose job is marked done only after this commits
+    /// (ADR 6). Its commit does not wait for the database's disk flush: if the database crashes
+    /// before the flush, the WAL loses this transaction and the later done mark together, and the
+    /// job runs again, as it would had this process died before committing. Never use it for
+    /// what a request accepts.
+    pub async fn write_replayable(&self, tenant_id: &str) -> sqlx::Result<Tx> {
+        self.begin_scoped(&self.writer, self.dialect.begin_replayable(), tenant_id)
+            .await
+    }
+
     /// Begins on `pool` with the tenant setting in place. On PostgreSQL an id made of plain
     /// characters (every id this service issues) rides in the BEGIN's own round trip as a
     /// literal; anything else is bound as a parameter in a second statement.

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use job_queue::{Job, KindOptions, NewJob, Outcome, RetrySchedule, Worker};
 use serde::Deserialize;
 use serde_json::json;
@@ -95,7 +96,7 @@ async fn dispatch(state: AppState, job: Job) -> Outcome {
 /// a delivery is unique per (message, endpoint) and its job per delivery.
 async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<()> {
     let tenant = &payload.tenant_id;
-    let mut tx = state.db.write(tenant).await?;
+    let mut tx = state.db.write_replayable(tenant).await?;
     let Some(message) = store::find_message(&mut tx, tenant, &payload.message_id).await? else {
         anyhow::bail!("message {} not found", payload.message_id);
     };
@@ -110,19 +111,14 @@ async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<
         &data,
     )
     .await?;
-    for endpoint in store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await? {
-        let delivery = ids::new("dlv");
-        if store::insert_delivery(&mut tx, &delivery, tenant, &message.id, &endpoint, now).await? {
-            schedule(
-                state,
-                &mut tx,
-                tenant,
-                &delivery,
-                &format!("deliver:{delivery}"),
-            )
-            .await?;
-        }
-    }
+    let endpoints = store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await?;
+    let deliveries =
+        store::insert_deliveries(&mut tx, tenant, &message.id, &endpoints, now).await?;
+    let jobs: Vec<NewJob> = deliveries
+        .iter()
+        .map(|delivery| delivery_job(tenant, delivery, &format!("deliver:{delivery}")))
+        .collect();
+    state.queue.enqueue_all_in(&mut tx, &jobs).await?;
     tx.commit().await?;
     state.queue.committed();
     Ok(())
@@ -137,14 +133,18 @@ pub async fn schedule(
     delivery_id: &str,
     dedupe_key: &str,
 ) -> anyhow::Result<()> {
-    let job = NewJob::new(
+    let job = delivery_job(tenant_id, delivery_id, dedupe_key);
+    state.queue.enqueue_in(tx, job).await?;
+    Ok(())
+}
+
+fn delivery_job(tenant_id: &str, delivery_id: &str, dedupe_key: &str) -> NewJob {
+    NewJob::new(
         DELIVER,
         json!({ "tenant_id": tenant_id, "delivery_id": delivery_id }),
     )
     .max_attempts(MAX_ATTEMPTS)
-    .dedupe_key(dedupe_key);
-    state.queue.enqueue_in(tx, job).await?;
-    Ok(())
+    .dedupe_key(dedupe_key)
 }
 
 /// A test fire: a message carrying `data` (a synthetic payload) and its delivery to this one
@@ -157,7 +157,6 @@ pub async fn fire_test(
     data: &serde_json::Value,
 ) -> anyhow::Result<String> {
     let message = ids::new("msg");
-    let delivery = ids::new("dlv");
     let now = state.clock.now_ms();
     let mut tx = state.db.write(tenant_id).await?;
     store::insert_message(
@@ -169,7 +168,11 @@ pub async fn fire_test(
         now,
     )
     .await?;
-    store::insert_delivery(&mut tx, &delivery, tenant_id, &message, endpoint_id, now).await?;
+    let endpoints = [endpoint_id.to_owned()];
+    let delivery = store::insert_deliveries(&mut tx, tenant_id, &message, &endpoints, now)
+        .await?
+        .pop()
+        .context("the test delivery was not created")?;
     tx.commit().await?;
     let payload = DeliverPayload {
         tenant_id: tenant_id.to_owned(),

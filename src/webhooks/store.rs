@@ -191,28 +191,43 @@ pub async fn subscribed_endpoints(
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
-/// Creates the delivery of a message to an endpoint unless it exists; returns its id when new.
-pub async fn insert_delivery(
+/// Creates the deliveries of a message to `endpoints` in one statement, skipping those that
+/// exist; returns the ids of the new ones.
+pub async fn insert_deliveries(
     tx: &mut Tx,
-    id: &str,
     tenant_id: &str,
     message_id: &str,
-    endpoint_id: &str,
+    endpoints: &[String],
     now: i64,
-) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(
+) -> sqlx::Result<Vec<String>> {
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<String> = (0..endpoints.len())
+        .map(|n| {
+            format!(
+                "(${}, $1, $2, ${}, 'pending', 0, $3, $3)",
+                4 + 2 * n,
+                5 + 2 * n
+            )
+        })
+        .collect();
+    let sql = format!(
         "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)
-         ON CONFLICT (message_id, endpoint_id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(tenant_id)
-    .bind(message_id)
-    .bind(endpoint_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
+         VALUES {}
+         ON CONFLICT (message_id, endpoint_id) DO NOTHING
+         RETURNING id",
+        rows.join(", ")
+    );
+    let mut insert = sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(message_id)
+        .bind(now);
+    for endpoint in endpoints {
+        insert = insert.bind(crate::ids::new("dlv")).bind(endpoint);
+    }
+    let inserted: Vec<(String,)> = insert.fetch_all(&mut **tx).await?;
+    Ok(inserted.into_iter().map(|(id,)| id).collect())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -256,14 +271,19 @@ pub async fn delivery_to_attempt(
         .split(", ")
         .map(|column| format!("e.{column}"))
         .collect();
+    // The delivery is looked up first, by its key, and the others by theirs (a delivery's
+    // message and endpoint are its tenant's): without the materialized step, or with the tenant
+    // in the joins, PostgreSQL on tables it has no statistics for yet may start from the
+    // tenant's endpoints and scan each one's deliveries.
     let sql = format!(
-        "SELECT d.status AS delivery_status, m.id AS message_id, m.event_type, m.payload,
+        "WITH d AS MATERIALIZED (
+             SELECT status, tenant_id, message_id, endpoint_id FROM deliveries
+             WHERE tenant_id = $1 AND id = $2)
+         SELECT d.status AS delivery_status, m.id AS message_id, m.event_type, m.payload,
                 m.created_at AS message_created_at, {}
-         FROM deliveries d
-         JOIN messages m ON m.tenant_id = d.tenant_id AND m.id = d.message_id
-         JOIN webhook_endpoints e ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id
-                                 AND e.deleted_at IS NULL
-         WHERE d.tenant_id = $1 AND d.id = $2",
+         FROM d
+         JOIN messages m ON m.id = d.message_id
+         JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL",
         endpoint_columns.join(", ")
     );
     sqlx::query_as(&sql)
@@ -349,7 +369,8 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
-    let mut tx = db.write(first).await?;
+    // Replayable: every delivery here waits for this commit before its job is marked done.
+    let mut tx = db.write_replayable(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
@@ -375,19 +396,22 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
         insert.execute(&mut *tx).await?;
 
         let cases: String = (0..batch.len())
-            .map(|n| format!(" WHEN ${} THEN ${}", 3 + 2 * n, 4 + 2 * n))
+            .map(|n| format!(" WHEN ${} THEN ${}", 2 + 2 * n, 3 + 2 * n))
             .collect();
         let ids: Vec<String> = (0..batch.len())
-            .map(|n| format!("${}", 3 + 2 * n))
+            .map(|n| format!("${}", 2 + 2 * n))
             .collect();
+        // By key alone: these deliveries were read under this tenant's scope (and RLS holds on
+        // PostgreSQL); naming the tenant let PostgreSQL, before it had statistics, scan the
+        // tenant's deliveries through its endpoint index instead.
         let sql = format!(
             "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1,
-                 last_status = CASE id{cases} END, updated_at = $2
-             WHERE tenant_id = $1 AND id IN ({})",
+                 last_status = CASE id{cases} END, updated_at = $1
+             WHERE id IN ({})",
             ids.join(", ")
         );
         let latest = batch.iter().map(|s| s.at).max().unwrap_or_default();
-        let mut update = sqlx::query(&sql).bind(*tenant).bind(latest);
+        let mut update = sqlx::query(&sql).bind(latest);
         for s in batch {
             update = update.bind(&s.delivery_id).bind(s.status_code);
         }
