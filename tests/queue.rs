@@ -201,7 +201,7 @@ async fn a_batch_enqueue_skips_known_dedupe_keys_and_every_new_job_runs(engine: 
         .await
         .unwrap();
     let batch: Vec<NewJob> = (0..3)
-        .map(|n| NewJob::new("send", json!({ "n": n })).dedupe_key(&format!("send:{n}")))
+        .map(|n| NewJob::new("send", json!({ "n": n })).dedupe_key(format!("send:{n}")))
         .chain([NewJob::new("send", json!({"n": 3}))])
         .collect();
 
