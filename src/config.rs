@@ -108,6 +108,17 @@ pub struct Config {
     )]
     pub job_lease_secs: u64,
 
+    /// Webhook deliveries one node has in flight at once. A delivery waiting on a slow
+    /// receiver holds a slot but no database connection.
+    #[arg(
+        long,
+        env = "SWITCHYARD_WEBHOOK_CONCURRENCY",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub webhook_concurrency: u32,
+
     /// Hours a finished job is kept before it is purged (dead jobs are kept until replayed).
     #[arg(
         long,

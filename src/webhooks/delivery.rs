@@ -47,7 +47,7 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
         .register(
             DISPATCH,
             KindOptions {
-                concurrency: 8,
+                concurrency: 32,
                 lease,
                 ..KindOptions::default()
             },
@@ -56,7 +56,7 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
         .register(
             DELIVER,
             KindOptions {
-                concurrency: 32,
+                concurrency: state.config.webhook_concurrency as usize,
                 schedule: RetrySchedule::Fixed {
                     delays: RETRY_DELAYS_SECS
                         .iter()
