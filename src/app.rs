@@ -204,6 +204,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     };
     // Periodic jobs: every node schedules them; each window runs once (dedupe keys).
     let periodic = crate::commissions::schedule(Periodic::new(state.queue.clone()))?;
+    let periodic = crate::http::idempotency::schedule(periodic)?;
     let mut periodic_stopped = stopped.clone();
     tokio::spawn(periodic.run(PERIODIC_TICK, async move {
         let _ = periodic_stopped.changed().await;
@@ -213,6 +214,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let worker = crate::webhooks::delivery::register(worker, state.clone());
     let worker = crate::commissions::register(worker, state.clone());
     let worker = crate::postbacks::register(worker, state.clone());
+    let worker = crate::http::idempotency::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

@@ -54,6 +54,10 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        // Already authenticated by the `Idempotency-Key` middleware.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
         let presented = parts
             .headers
             .get(AUTHORIZATION)

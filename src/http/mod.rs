@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
@@ -31,11 +32,15 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The application router with every layer, ready to serve.
 pub fn router(state: AppState) -> Router {
-    let (api, document) = openapi::api_router().split_for_parts();
+    let (api, document) = openapi::split();
     let max_body = state.config.max_body_bytes;
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::replay,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),

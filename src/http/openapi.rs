@@ -4,8 +4,11 @@
 //! document. The committed copy in `openapi/openapi.json` is checked against [`document`] by a
 //! test and by CI.
 
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -72,9 +75,40 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::webhooks::deliveries::router())
 }
 
+/// The API's routes and its document, with what no single route declares: the optional
+/// `Idempotency-Key` header every POST accepts.
+pub fn split() -> (axum::Router<AppState>, Document) {
+    let (router, mut document) = api_router().split_for_parts();
+    let header = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Makes a retry safe: the first request's answer is replayed for a day to any request \
+             with the same key and body (`Idempotent-Replayed: true`); the same key with another \
+             request is 422 `idempotency_key_reused`, and 409 `idempotency_key_in_use` while \
+             the first is running.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build();
+    for item in document.paths.paths.values_mut() {
+        if let Some(post) = item.post.as_mut() {
+            post.parameters
+                .get_or_insert_with(Vec::new)
+                .push(header.clone());
+        }
+    }
+    (router, document)
+}
+
 /// The OpenAPI document as served at `/openapi.json` and committed in `openapi/openapi.json`.
 pub fn document() -> Document {
-    api_router().split_for_parts().1
+    split().1
 }
 
 /// The document as committed: pretty JSON with a trailing newline.

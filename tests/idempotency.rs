@@ -1,0 +1,232 @@
+//! `Idempotency-Key` on POST requests: a retry gets the first answer and creates nothing; the
+//! same key with another request, or while the first runs, is refused; keys are per tenant.
+
+mod common;
+
+use common::{assert_problem, create_tenant, Engine, TestServer};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+on_both_engines!(
+    a_retried_create_gets_the_first_answer_and_creates_nothing,
+    a_key_reused_for_another_request_is_refused,
+    a_request_still_running_holds_its_key,
+    keys_belong_to_their_tenant,
+    keys_are_forgotten_after_a_day,
+);
+
+/// POSTs `body` with `Idempotency-Key: key`; (status, replayed header, JSON body).
+async fn post_with_key(
+    srv: &TestServer,
+    api_key: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Option<String>, Value) {
+    let response = reqwest::Client::new()
+        .post(srv.url(path))
+        .bearer_auth(api_key)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, replayed, response.json().await.unwrap())
+}
+
+async fn count(srv: &TestServer, sql: &str) -> i64 {
+    let db = srv.inspect().await;
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(db.pool()).await.unwrap();
+    db.close().await;
+    n
+}
+
+async fn a_retried_create_gets_the_first_answer_and_creates_nothing(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let body = json!({"email": "ada@example.com", "name": "Ada"});
+    let first = post_with_key(&srv, &srv.admin_key, "/v1/partners", "create-ada", &body).await;
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.2);
+    assert_eq!(first.1, None, "a first answer is not a replay");
+
+    let retry = post_with_key(&srv, &srv.admin_key, "/v1/partners", "create-ada", &body).await;
+    assert_eq!(retry.0, StatusCode::CREATED);
+    assert_eq!(retry.1.as_deref(), Some("true"));
+    assert_eq!(retry.2, first.2, "the very same partner, byte for byte");
+    assert_eq!(count(&srv, "SELECT COUNT(*) FROM partners").await, 1);
+    let created = srv
+        .messages()
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "partner.created")
+        .count();
+    assert_eq!(created, 1, "one partner.created, not one per retry");
+
+    // An error answer is kept too: the retry of a refused request is refused the same way,
+    // even once the conflict is gone.
+    let dup = json!({"email": "ADA@example.com", "name": "Ada again"});
+    let refused = post_with_key(&srv, &srv.admin_key, "/v1/partners", "dup", &dup).await;
+    assert_eq!(refused.0, StatusCode::CONFLICT, "{}", refused.2);
+    let id = first.2["id"].as_str().unwrap();
+    let db = srv.inspect().await;
+    sqlx::query("UPDATE partners SET email = 'moved@example.com' WHERE id = $1")
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let again = post_with_key(&srv, &srv.admin_key, "/v1/partners", "dup", &dup).await;
+    assert_eq!((again.0, again.2), (refused.0, refused.2));
+    assert_eq!(count(&srv, "SELECT COUNT(*) FROM partners").await, 1);
+
+    // Without the header, nothing is remembered.
+    let (status, _) = srv
+        .post(
+            "/v1/partners",
+            &srv.admin_key,
+            json!({"email": "bo@example.com", "name": "Bo"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        count(&srv, "SELECT COUNT(*) FROM idempotency_keys").await,
+        2
+    );
+}
+
+async fn a_key_reused_for_another_request_is_refused(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let ada = json!({"email": "ada@example.com", "name": "Ada"});
+    let first = post_with_key(&srv, &srv.admin_key, "/v1/partners", "k1", &ada).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+
+    let bo = json!({"email": "bo@example.com", "name": "Bo"});
+    let other_body = post_with_key(&srv, &srv.admin_key, "/v1/partners", "k1", &bo).await;
+    assert_problem(
+        &(other_body.0, other_body.2),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    let other_path = post_with_key(&srv, &srv.admin_key, "/v1/campaigns", "k1", &ada).await;
+    assert_problem(
+        &(other_path.0, other_path.2),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    assert_eq!(count(&srv, "SELECT COUNT(*) FROM partners").await, 1);
+
+    let too_long = "k".repeat(256);
+    let refused = post_with_key(&srv, &srv.admin_key, "/v1/partners", &too_long, &bo).await;
+    assert_problem(
+        &(refused.0, refused.2),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_idempotency_key",
+    );
+}
+
+async fn a_request_still_running_holds_its_key(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    // A first request that has begun and not answered (as if still running): its key is held.
+    let body = json!({"email": "ada@example.com", "name": "Ada"});
+    let first = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    let db = srv.inspect().await;
+    sqlx::query("UPDATE idempotency_keys SET status_code = NULL, response_body = NULL")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let busy = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
+    assert_problem(
+        &(busy.0, busy.2),
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+    );
+
+    // One that never answered within a minute died with its process: a retry runs (and here
+    // meets the partner the first one created).
+    let past = srv.clock.now_ms() - 61_000;
+    sqlx::query("UPDATE idempotency_keys SET created_at = $1")
+        .bind(past)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let retried = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
+    assert_problem(&(retried.0, retried.2), StatusCode::CONFLICT, "email_taken");
+    assert_eq!(retried.1, None, "it ran; it is not a replay");
+}
+
+async fn keys_belong_to_their_tenant(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, other_admin) = create_tenant(&srv, "other").await;
+    let body = json!({"email": "ada@example.com", "name": "Ada"});
+    let mine = post_with_key(&srv, &srv.admin_key, "/v1/partners", "same", &body).await;
+    let theirs = post_with_key(&srv, &other_admin, "/v1/partners", "same", &body).await;
+    assert_eq!(mine.0, StatusCode::CREATED);
+    assert_eq!(theirs.0, StatusCode::CREATED, "{}", theirs.2);
+    assert_eq!(theirs.1, None);
+    assert_ne!(mine.2["id"], theirs.2["id"]);
+
+    // GET requests ignore the header.
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .get(srv.url("/v1/partners"))
+            .bearer_auth(&srv.admin_key)
+            .header("Idempotency-Key", "same")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("idempotent-replayed").is_none());
+    }
+}
+
+async fn keys_are_forgotten_after_a_day(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let ada = json!({"email": "ada@example.com", "name": "Ada"});
+    let bo = json!({"email": "bo@example.com", "name": "Bo"});
+    for (key, body) in [("old", &ada), ("new", &bo)] {
+        let created = post_with_key(&srv, &srv.admin_key, "/v1/partners", key, body).await;
+        assert_eq!(created.0, StatusCode::CREATED);
+    }
+    let db = srv.inspect().await;
+    sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE key = 'old'")
+        .bind(srv.clock.now_ms() - 24 * 3600 * 1000 - 1)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+
+    // Past its day a key is free again, even before the purge: a new request runs.
+    let cy = json!({"email": "cy@example.com", "name": "Cy"});
+    let reused = post_with_key(&srv, &srv.admin_key, "/v1/partners", "old", &cy).await;
+    assert_eq!(reused.0, StatusCode::CREATED, "{}", reused.2);
+    assert_eq!(reused.1, None);
+
+    let db = srv.inspect().await;
+    sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE key = 'old'")
+        .bind(srv.clock.now_ms() - 24 * 3600 * 1000 - 1)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    let state = &srv.running.as_ref().unwrap().state;
+    let purged = switchyard::http::idempotency::purge_expired(state)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let left: Vec<(String,)> = {
+        let db = srv.inspect().await;
+        let rows = sqlx::query_as("SELECT key FROM idempotency_keys")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        db.close().await;
+        rows
+    };
+    assert_eq!(left, [("new".to_owned(),)]);
+}
