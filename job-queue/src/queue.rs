@@ -121,6 +121,13 @@ const INSERT_JOBS: &str = "INSERT INTO jobs (id, queue, kind, payload, state, pr
     max_attempts, run_at, dedupe_key, created_at, updated_at) VALUES";
 const ON_DUPLICATE: &str = "ON CONFLICT (queue, dedupe_key) DO NOTHING";
 
+/// The `VALUES` row of one new job, its nine parameters numbered from `$offset + 1`.
+fn job_row(offset: usize) -> String {
+    let p: [String; 9] = std::array::from_fn(|column| format!("${}", offset + column + 1));
+    let [id, queue, kind, payload, priority, max_attempts, run_at, dedupe_key, now] = p;
+    format!("({id}, {queue}, {kind}, {payload}, 'available', {priority}, 0, {max_attempts}, {run_at}, {dedupe_key}, {now}, {now})")
+}
+
 /// Binds one row of [`INSERT_JOBS`]: id, queue, kind, payload, priority, max attempts, run at,
 /// dedupe key, now.
 fn bind_job<'q>(
@@ -193,7 +200,7 @@ impl Queue {
     ) -> Result<Enqueued, Error> {
         let now = self.now();
         let id = format!("job_{}", ulid::Ulid::new());
-        let sql = format!("{INSERT_JOBS} ($1, $2, $3, $4, 'available', $5, 0, $6, $7, $8, $9, $9) {ON_DUPLICATE} RETURNING id");
+        let sql = format!("{INSERT_JOBS} {} {ON_DUPLICATE} RETURNING id", job_row(0));
         let inserted = bind_job(sqlx::query(&sql), &id, &job, now)
             .fetch_optional(&mut **tx)
             .await?;
@@ -226,24 +233,7 @@ impl Queue {
         let now = self.now();
         let mut inserted = 0;
         for chunk in jobs.chunks(500) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|n| {
-                    let p = |column: usize| format!("${}", n * 9 + column);
-                    format!(
-                        "({}, {}, {}, {}, 'available', {}, 0, {}, {}, {}, {}, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(9),
-                        p(9)
-                    )
-                })
-                .collect();
+            let rows: Vec<String> = (0..chunk.len()).map(|n| job_row(n * 9)).collect();
             let sql = format!("{INSERT_JOBS} {} {ON_DUPLICATE}", rows.join(", "));
             let mut query = sqlx::query(&sql);
             for job in chunk {
