@@ -200,34 +200,36 @@ pub async fn insert_deliveries(
     endpoints: &[String],
     now: i64,
 ) -> sqlx::Result<Vec<String>> {
-    if endpoints.is_empty() {
-        return Ok(Vec::new());
+    let mut created = Vec::new();
+    // 1,000 endpoints a statement keeps the parameters under both engines' limits.
+    for chunk in endpoints.chunks(1000) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|n| {
+                format!(
+                    "(${}, $1, $2, ${}, 'pending', 0, $3, $3)",
+                    4 + 2 * n,
+                    5 + 2 * n
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
+             VALUES {}
+             ON CONFLICT (message_id, endpoint_id) DO NOTHING
+             RETURNING id",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query_as(&sql)
+            .bind(tenant_id)
+            .bind(message_id)
+            .bind(now);
+        for endpoint in chunk {
+            insert = insert.bind(crate::ids::new("dlv")).bind(endpoint);
+        }
+        let inserted: Vec<(String,)> = insert.fetch_all(&mut **tx).await?;
+        created.extend(inserted.into_iter().map(|(id,)| id));
     }
-    let rows: Vec<String> = (0..endpoints.len())
-        .map(|n| {
-            format!(
-                "(${}, $1, $2, ${}, 'pending', 0, $3, $3)",
-                4 + 2 * n,
-                5 + 2 * n
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
-         VALUES {}
-         ON CONFLICT (message_id, endpoint_id) DO NOTHING
-         RETURNING id",
-        rows.join(", ")
-    );
-    let mut insert = sqlx::query_as(&sql)
-        .bind(tenant_id)
-        .bind(message_id)
-        .bind(now);
-    for endpoint in endpoints {
-        insert = insert.bind(crate::ids::new("dlv")).bind(endpoint);
-    }
-    let inserted: Vec<(String,)> = insert.fetch_all(&mut **tx).await?;
-    Ok(inserted.into_iter().map(|(id,)| id).collect())
+    Ok(created)
 }
 
 #[derive(Debug, sqlx::FromRow)]
