@@ -51,7 +51,20 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
 
 /// Deletes the keys past their day, in every tenant (the hourly job). Returns how many.
 pub async fn purge_expired(state: &AppState) -> anyhow::Result<u64> {
-    store::purge(state).await
+    let cutoff = state.clock.now_ms() - KEPT_MS;
+    let mut purged = 0;
+    for tenant in crate::tenants::all_ids(state.db.pool()).await? {
+        let mut tx = state.db.write(&tenant).await?;
+        purged +=
+            sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND created_at < $2")
+                .bind(&tenant)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+    }
+    Ok(purged)
 }
 
 /// Adds the hourly purge to the periodic schedule.
@@ -276,24 +289,6 @@ mod store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
-    }
-
-    pub(super) async fn purge(state: &AppState) -> anyhow::Result<u64> {
-        let cutoff = state.clock.now_ms() - KEPT_MS;
-        let mut purged = 0;
-        for tenant in crate::tenants::all_ids(state.db.pool()).await? {
-            let mut tx = state.db.write(&tenant).await?;
-            purged += sqlx::query(
-                "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND created_at < $2",
-            )
-            .bind(&tenant)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-        }
-        Ok(purged)
     }
 
     pub(super) async fn forget(state: &AppState, tenant: &str, key: &str) -> sqlx::Result<()> {
