@@ -39,6 +39,25 @@ async fn post_with_key(
     (status, replayed, response.json().await.unwrap())
 }
 
+/// Runs `sql` on the database as its owner (to stage a state the API cannot reach).
+async fn run(srv: &TestServer, sql: &str) {
+    let db = srv.inspect().await;
+    sqlx::query(sql).execute(db.pool()).await.unwrap();
+    db.close().await;
+}
+
+/// Makes the first request with `key` look `age_ms` old.
+async fn age(srv: &TestServer, key: &str, age_ms: i64) {
+    let at = srv.clock.now_ms() - age_ms;
+    run(
+        srv,
+        &format!("UPDATE idempotency_keys SET created_at = {at} WHERE key = '{key}'"),
+    )
+    .await;
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
 async fn count(srv: &TestServer, sql: &str) -> i64 {
     let db = srv.inspect().await;
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(db.pool()).await.unwrap();
@@ -72,13 +91,11 @@ async fn a_retried_create_gets_the_first_answer_and_creates_nothing(engine: Engi
     let refused = post_with_key(&srv, &srv.admin_key, "/v1/partners", "dup", &dup).await;
     assert_eq!(refused.0, StatusCode::CONFLICT, "{}", refused.2);
     let id = first.2["id"].as_str().unwrap();
-    let db = srv.inspect().await;
-    sqlx::query("UPDATE partners SET email = 'moved@example.com' WHERE id = $1")
-        .bind(id)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    db.close().await;
+    run(
+        &srv,
+        &format!("UPDATE partners SET email = 'moved@example.com' WHERE id = '{id}'"),
+    )
+    .await;
     let again = post_with_key(&srv, &srv.admin_key, "/v1/partners", "dup", &dup).await;
     assert_eq!((again.0, again.2), (refused.0, refused.2));
     assert_eq!(count(&srv, "SELECT COUNT(*) FROM partners").await, 1);
@@ -134,11 +151,11 @@ async fn a_request_still_running_holds_its_key(engine: Engine) {
     let body = json!({"email": "ada@example.com", "name": "Ada"});
     let first = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
     assert_eq!(first.0, StatusCode::CREATED);
-    let db = srv.inspect().await;
-    sqlx::query("UPDATE idempotency_keys SET status_code = NULL, response_body = NULL")
-        .execute(db.pool())
-        .await
-        .unwrap();
+    run(
+        &srv,
+        "UPDATE idempotency_keys SET status_code = NULL, response_body = NULL",
+    )
+    .await;
     let busy = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
     assert_problem(
         &(busy.0, busy.2),
@@ -148,13 +165,7 @@ async fn a_request_still_running_holds_its_key(engine: Engine) {
 
     // One that never answered within a minute died with its process: a retry runs (and here
     // meets the partner the first one created).
-    let past = srv.clock.now_ms() - 61_000;
-    sqlx::query("UPDATE idempotency_keys SET created_at = $1")
-        .bind(past)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    db.close().await;
+    age(&srv, "held", 61_000).await;
     let retried = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
     assert_problem(&(retried.0, retried.2), StatusCode::CONFLICT, "email_taken");
     assert_eq!(retried.1, None, "it ran; it is not a replay");
@@ -193,13 +204,7 @@ async fn keys_are_forgotten_after_a_day(engine: Engine) {
         let created = post_with_key(&srv, &srv.admin_key, "/v1/partners", key, body).await;
         assert_eq!(created.0, StatusCode::CREATED);
     }
-    let db = srv.inspect().await;
-    sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE key = 'old'")
-        .bind(srv.clock.now_ms() - 24 * 3600 * 1000 - 1)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    db.close().await;
+    age(&srv, "old", DAY_MS + 1).await;
 
     // Past its day a key is free again, even before the purge: a new request runs.
     let cy = json!({"email": "cy@example.com", "name": "Cy"});
@@ -207,13 +212,7 @@ async fn keys_are_forgotten_after_a_day(engine: Engine) {
     assert_eq!(reused.0, StatusCode::CREATED, "{}", reused.2);
     assert_eq!(reused.1, None);
 
-    let db = srv.inspect().await;
-    sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE key = 'old'")
-        .bind(srv.clock.now_ms() - 24 * 3600 * 1000 - 1)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    db.close().await;
+    age(&srv, "old", DAY_MS + 1).await;
     let state = &srv.running.as_ref().unwrap().state;
     let purged = switchyard::http::idempotency::purge_expired(state)
         .await
