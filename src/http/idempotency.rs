@@ -121,12 +121,11 @@ pub async fn replay(State(state): State<AppState>, request: Request, next: Next)
         Begun::First => {}
         Begun::Answered(kept) => return kept.into_response(),
         Begun::Running => {
-            return problem(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                Some("a request with this Idempotency-Key is still being processed".to_owned()),
-                Vec::new(),
-            )
+            return Error::Conflict {
+                code: "idempotency_key_in_use",
+                detail: "a request with this Idempotency-Key is still being processed".to_owned(),
+            }
+            .into_response()
         }
         Begun::Different => {
             return problem(
