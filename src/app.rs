@@ -31,9 +31,20 @@ use job_queue::{Periodic, Queue, Worker, WorkerOptions};
 /// How often periodic schedules are looked at.
 const PERIODIC_TICK: Duration = Duration::from_secs(1);
 
-/// What every handler can reach.
+/// What every handler can reach: one shared allocation, so the clone each layer and handler
+/// makes per request is a single reference-count increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub db: Db,
     pub queue: Queue,
     pub outbound: Outbound,
@@ -162,7 +173,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     tokio::task::spawn_blocking(|| {
         crate::identities::normalize_phone("+447911123456", phonenumber::country::Id::GB)
     });
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         queue: queue.clone(),
         outbound,
         webhook_successes: crate::webhooks::delivery::success_recorder(db.clone()),
@@ -173,7 +184,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         metrics: Arc::new(Metrics::default()),
         links,
         config: Arc::new(config),
-    };
+    }));
     let router = crate::http::router(state.clone());
     let app = axum::middleware::from_fn(crate::http::tenant_prefix).layer(router);
     let addr = listener.local_addr()?;

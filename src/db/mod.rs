@@ -192,20 +192,6 @@ impl Db {
     }
 }
 
-/// `rows` tuples of `columns` numbered placeholders from `$first` on, for a multi-row
-/// `VALUES`: `placeholders(2, 2, 1)` is `($1, $2), ($3, $4)`.
-pub fn placeholders(rows: usize, columns: usize, first: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let numbers: Vec<String> = (0..columns)
-                .map(|column| format!("${}", first + row * columns + column))
-                .collect();
-            format!("({})", numbers.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Rows of a group commit split by tenant, for one transaction that sets the tenant before each
 /// group's statements.
 pub fn by_tenant<'a, T>(rows: &'a [T], tenant: impl Fn(&T) -> &str) -> Vec<(&'a str, Vec<&'a T>)> {

@@ -134,7 +134,7 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                     v.column6, v.column7, v.column8, v.column9
              FROM (VALUES {}) AS v
              LEFT JOIN partners p ON p.id = v.column4",
-            crate::db::placeholders(batch.len(), CLICK_PARAMS, 1)
+            db.dialect().values(batch.len(), CLICK_PARAMS)
         );
         let mut insert = sqlx::query(&sql);
         for c in batch {

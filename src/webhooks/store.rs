@@ -381,7 +381,7 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
             "INSERT INTO delivery_attempts (id, tenant_id, delivery_id, endpoint_id, status_code,
                  latency_ms, response_body, created_at)
              VALUES {}",
-            crate::db::placeholders(batch.len(), 8, 1)
+            db.dialect().values(batch.len(), 8)
         );
         let mut insert = sqlx::query(&sql);
         for s in batch {
