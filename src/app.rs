@@ -253,7 +253,8 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
 
 impl Running {
     /// Stops accepting connections and claiming jobs, lets in-flight requests and jobs finish
-    /// within the configured deadline (unfinished jobs are released), then closes the pool.
+    /// within the configured deadline (unfinished jobs are released), stores the buffered
+    /// clicks, then closes the pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let deadline = Duration::from_secs(self.state.config.shutdown_timeout_secs);
@@ -267,6 +268,16 @@ impl Running {
                 );
                 abort.abort();
             }
+        }
+        // Requests are done: store every click they buffered before the pool closes.
+        if tokio::time::timeout(deadline, self.state.links.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                ?deadline,
+                "buffered clicks could not be stored before the shutdown deadline; they are lost"
+            );
         }
         match self.worker.await {
             Ok(Ok(())) => {}

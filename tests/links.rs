@@ -13,7 +13,7 @@ on_both_engines!(
     revoked_partners_and_ended_campaigns_still_redirect,
     link_keys_are_unique_url_safe_and_unguessable,
     only_admins_and_the_partner_itself_create_its_links,
-    concurrent_clicks_are_all_stored,
+    concurrent_clicks_are_all_stored_by_a_clean_shutdown,
 );
 
 /// A partner with a link to a campaign created with `campaign` fields; returns
@@ -33,7 +33,12 @@ async fn linked(srv: &TestServer, campaign: Value) -> (Value, Value, Value) {
 }
 
 /// The stored clicks: (id, partner_id, campaign_id, revoked, ip_hash, user_agent, referer).
+/// The clicks stored, once the recorder has written every click the server buffered (while
+/// it runs; after a shutdown, whatever the shutdown stored).
 async fn clicks(srv: &TestServer) -> Vec<(String, String, String, i64, String, String, String)> {
+    if let Some(running) = &srv.running {
+        running.state.links.flush().await;
+    }
     let db = srv.inspect().await;
     let rows = sqlx::query_as(
         "SELECT id, partner_id, campaign_id, revoked, ip_hash, user_agent, referer FROM clicks
@@ -84,7 +89,7 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     let click_id = query_param(&location, "sy_click").unwrap();
 
     let stored = clicks(&srv).await;
-    assert_eq!(stored.len(), 1, "the click is stored before the redirect");
+    assert_eq!(stored.len(), 1, "the click is stored");
     let (id, partner_id, campaign_id, revoked, ip_hash, user_agent, referer) = &stored[0];
     assert_eq!(*id, click_id);
     assert_eq!(partner_id, partner["id"].as_str().unwrap());
@@ -347,10 +352,23 @@ async fn only_admins_and_the_partner_itself_create_its_links(engine: Engine) {
     srv.stop().await;
 }
 
-async fn concurrent_clicks_are_all_stored(engine: Engine) {
-    let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
+/// Clicks are answered before they are written: while the database refuses writes, visitors
+/// are still redirected at once, and a clean shutdown that starts right after the last answer
+/// stores every one of them once the database accepts writes again.
+async fn concurrent_clicks_are_all_stored_by_a_clean_shutdown(engine: Engine) {
+    let mut srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
     let (_, _, link) = linked(&srv, json!({})).await;
     let url = srv.url(&format!("/r/{}", link["key"].as_str().unwrap()));
+
+    // Another connection takes the write lock on the clicks.
+    let holder = srv.inspect().await;
+    let mut lock = holder.pool().begin().await.unwrap();
+    let take_lock = match engine {
+        Engine::Sqlite => "DELETE FROM clicks WHERE 1 = 0",
+        Engine::Postgres => "LOCK TABLE clicks IN EXCLUSIVE MODE",
+    };
+    sqlx::query(take_lock).execute(&mut *lock).await.unwrap();
+
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -362,10 +380,21 @@ async fn concurrent_clicks_are_all_stored(engine: Engine) {
     }
     let statuses = clickers.join_all().await;
     assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
+    let (written,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM clicks")
+        .fetch_one(holder.pool())
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "the redirects did not wait for the writes");
+
+    let running = srv.running.take().unwrap();
+    let shutdown = tokio::spawn(running.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+    holder.close().await;
+    shutdown.await.unwrap().unwrap();
     assert_eq!(
         clicks(&srv).await.len(),
         300,
         "every redirected click is stored"
     );
-    srv.stop().await;
 }

@@ -162,6 +162,10 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
     if event.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         errors.push(FieldError::new("metadata", "must be a JSON object"));
     }
+    if event.click_id.is_some() {
+        // A click this node answered moments ago may still be in the recorder's buffer.
+        state.links.flush().await;
+    }
     let mut tx = state.db.write(tenant_id).await?;
     let region = identities::phone_region(&mut tx, tenant_id, state.config.phone_region).await?;
     let pairs = match &event.identities {

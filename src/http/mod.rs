@@ -31,7 +31,28 @@ use self::error::problem;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The application router with every layer, ready to serve.
+///
+/// The click router `GET /r/{key}` is served before the API's layers, with only the per-IP rate
+/// limit and the request metrics: it is the hottest path, and a redirect carries no key, no body
+/// and no log line of its own. (The API router documents it too, but never sees its requests.)
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    Router::new()
+        .route(
+            "/r/{key}",
+            axum::routing::get(crate::links::routes::follow),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_anonymous,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), ops::track))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .fallback_service(api)
+}
+
+fn api_router(state: AppState) -> Router {
     let (api, document) = openapi::split();
     let max_body = state.config.max_body_bytes;
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))

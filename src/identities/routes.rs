@@ -79,6 +79,10 @@ async fn bind(
 ) -> Result<(StatusCode, axum::Json<BoundCustomer>)> {
     principal.require(Scope::EventsWrite)?;
     let tenant = &principal.tenant_id;
+    if body.click_id.is_some() {
+        // A click this node answered moments ago may still be in the recorder's buffer.
+        state.links.flush().await;
+    }
     let mut tx = state.db.write(tenant).await?;
     let region = phone_region(&mut tx, tenant, state.config.phone_region).await?;
     let mut errors = Vec::new();

@@ -5,11 +5,15 @@
 //!
 //! - Link lookups are cached in memory for [`CACHE_TTL`] (a change made through this node is seen
 //!   at once; other nodes see it within the TTL). Unknown keys are not cached.
-//! - Clicks are group-committed: each request hands its click to one recorder task and waits
-//!   until the transaction holding it has committed, so a visitor is redirected only once the
-//!   click is durable. While one batch commits the next one gathers, so the cost of a commit is
-//!   shared by every click that arrived meanwhile. A clean shutdown lets in-flight requests
-//!   finish, so every redirected click is stored.
+//! - Clicks are buffered and group-committed (ADR 7): a request hands its click to one recorder
+//!   task and answers; the recorder writes every click waiting (up to [`MAX_BATCH`]) in one
+//!   transaction, and while one batch commits the next gathers. A batch that fails is retried
+//!   until it commits, never dropped. The buffer holds at most [`BUFFER`] clicks; beyond that a
+//!   request waits for room (up to [`ROOM_WAIT`], then 503), so a slow database slows the router
+//!   instead of growing memory. A clean shutdown stores every buffered click before the pool
+//!   closes; a crash loses the clicks answered since the last commit (milliseconds' worth).
+//! - A request that names a click (events, identities) first waits for [`Links::flush`], so a
+//!   click answered by this node is in the database before it is looked up.
 //! - Whether a click belongs to a revoked partner is decided by the insert's transaction, from
 //!   the partner's status at that moment, not from the cache.
 
@@ -20,7 +24,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::db::{Db, GroupCommit};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::db::Db;
 
 pub use store::Click;
 
@@ -29,7 +36,14 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Cached links kept at most (the cache starts over when full).
 const CACHE_CAPACITY: usize = 100_000;
 /// Clicks written in one transaction at most.
-const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 512;
+/// Clicks answered but not yet handed to a transaction, at most.
+pub const BUFFER: usize = 8 * MAX_BATCH;
+/// How long a request waits for room in a full buffer before it answers 503.
+pub const ROOM_WAIT: Duration = Duration::from_secs(2);
+/// Pause before a failed batch is written again, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A link as the router uses it.
 #[derive(Debug)]
@@ -43,37 +57,38 @@ pub struct Target {
     pub click_param: String,
 }
 
+/// What the recorder receives, in order: clicks, and flush requests answered once every click
+/// before them has committed.
+enum Entry {
+    Click(Click),
+    Flush(oneshot::Sender<()>),
+}
+
 /// The click router's cache and its connection to the recorder task.
 pub struct Links {
     db: Db,
     cache: Mutex<HashMap<String, (Instant, Arc<Target>)>>,
-    recorder: GroupCommit<Click>,
+    buffer: mpsc::Sender<Entry>,
+    stop: watch::Sender<bool>,
+    recorder: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the click could not be stored")]
-pub struct NotStored;
+#[error("the click could not be accepted: the click buffer stayed full or is closed")]
+pub struct NotAccepted;
 
 impl Links {
     /// Starts the recorder task on `db`.
     pub fn start(db: Db) -> Arc<Links> {
-        let writer = db.clone();
-        let recorder = GroupCommit::start(MAX_BATCH, move |clicks: Vec<Click>| {
-            let db = writer.clone();
-            async move {
-                match store::insert_clicks(&db, &clicks).await {
-                    Ok(()) => true,
-                    Err(err) => {
-                        tracing::error!(error = %err, clicks = clicks.len(), "storing clicks failed");
-                        false
-                    }
-                }
-            }
-        });
+        let (buffer, entries) = mpsc::channel(BUFFER);
+        let (stop, stopping) = watch::channel(false);
+        let recorder = tokio::spawn(record(db.clone(), entries, stopping));
         Arc::new(Links {
             db,
             cache: Mutex::new(HashMap::new()),
-            recorder,
+            buffer,
+            stop,
+            recorder: Mutex::new(Some(recorder)),
         })
     }
 
@@ -116,12 +131,66 @@ impl Links {
         self.cache.lock().expect("cache lock").clear();
     }
 
-    /// Stores `click`; returns once it is committed.
-    pub async fn record(&self, click: Click) -> Result<(), NotStored> {
-        if self.recorder.submit(click).await {
-            Ok(())
-        } else {
-            Err(NotStored)
+    /// Buffers `click` for the recorder; from here on it is stored, whatever happens to the
+    /// database, unless the process dies before the recorder commits it.
+    pub async fn record(&self, click: Click) -> Result<(), NotAccepted> {
+        match self.buffer.send_timeout(Entry::Click(click), ROOM_WAIT).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(NotAccepted),
+        }
+    }
+
+    /// Returns once every click buffered before this call has committed.
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.buffer.send(Entry::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
+    /// Stops taking clicks and returns once every buffered one is stored (call it after the
+    /// HTTP server has finished its requests).
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let recorder = self.recorder.lock().expect("recorder lock").take();
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
+        }
+    }
+}
+
+/// The recorder task: writes buffered clicks batch by batch until the buffer is closed and empty.
+async fn record(db: Db, mut entries: mpsc::Receiver<Entry>, mut stopping: watch::Receiver<bool>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            received = entries.recv_many(&mut batch, MAX_BATCH) => received,
+            _ = stopping.changed() => {
+                // No more clicks come in; the ones buffered are still received.
+                entries.close();
+                entries.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        let mut clicks = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
+        for entry in batch.drain(..) {
+            match entry {
+                Entry::Click(click) => clicks.push(click),
+                Entry::Flush(done) => waiting.push(done),
+            }
+        }
+        let mut pause = RETRY_FIRST;
+        while let Err(err) = store::insert_clicks(&db, &clicks).await {
+            tracing::error!(error = %err, clicks = clicks.len(), retry_in = ?pause,
+                "storing clicks failed; they stay buffered");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 }

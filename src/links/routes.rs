@@ -191,17 +191,17 @@ pub struct Follow {
 }
 
 /// Follow a share link: 302 to the campaign's destination (or an allowed deep link) with the
-/// click id appended as the campaign's click parameter. The click is stored before the answer.
-/// No key needed.
+/// click id appended as the campaign's click parameter. The click is buffered and stored within
+/// milliseconds (a clean shutdown stores every buffered click first). No key needed.
 #[utoipa::path(get, path = "/r/{key}", tag = "links", security(()),
     params(("key" = String, Path, description = "The link key"), Follow),
     responses(
         (status = 302, description = "To the destination; `Location` carries the click id"),
         NotFoundProblem,
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json",
-            description = "The click could not be stored; try again"),
+            description = "The click buffer stayed full (the database is not keeping up); try again"),
     ))]
-async fn follow(
+pub async fn follow(
     State(state): State<AppState>,
     Path(key): Path<String>,
     Query(query): Query<Follow>,
