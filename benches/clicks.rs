@@ -24,11 +24,15 @@ const DURATION: &str = "10s";
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![(
-        "SQLite",
-        format!("sqlite:{}", dir.path().join("bench.db").display()),
-        None,
-    )];
+    // SWITCHYARD_BENCH_ONLY=postgres skips SQLite.
+    let mut engines = Vec::new();
+    if !std::env::var("SWITCHYARD_BENCH_ONLY").is_ok_and(|v| v == "postgres") {
+        engines.push((
+            "SQLite",
+            format!("sqlite:{}", dir.path().join("bench.db").display()),
+            None,
+        ));
+    }
     if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
         let name = format!("sy_bench_clicks_{}", std::process::id());
         admin(&server, &format!("CREATE DATABASE {name}")).await;

@@ -225,6 +225,10 @@ pub fn deep_link(target: &Target, to: &str) -> Option<url::Url> {
 
 /// `url` with the click id as its `param` query parameter (replacing one already there).
 pub fn with_click_id(mut url: url::Url, param: &str, click_id: &str) -> url::Url {
+    if url.query_pairs().all(|(name, _)| name != param) {
+        url.query_pairs_mut().append_pair(param, click_id);
+        return url;
+    }
     let kept: Vec<(String, String)> = url
         .query_pairs()
         .filter(|(name, _)| name != param)
@@ -288,6 +292,11 @@ mod tests {
         assert_eq!(
             with_click_id(url, "click_id", "clk_1").as_str(),
             "https://example.com/?a=1&b=2&click_id=clk_1"
+        );
+        let url = url::Url::parse("https://example.com/p?a=1").unwrap();
+        assert_eq!(
+            with_click_id(url, "click_id", "clk_1").as_str(),
+            "https://example.com/p?a=1&click_id=clk_1"
         );
     }
 }

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
@@ -206,7 +208,7 @@ pub async fn follow(
     Path(key): Path<String>,
     Query(query): Query<Follow>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    visitor: Visitor,
 ) -> Result<Response> {
     let not_found = || Error::NotFound {
         code: "link_not_found",
@@ -223,31 +225,21 @@ pub async fn follow(
         .unwrap_or_else(|| target.destination.clone());
     let click_id = ids::new("clk");
     let location = with_click_id(destination, &target.click_param, &click_id);
-    let header_text = |name: header::HeaderName, max: usize| {
-        let text = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        text.chars().take(max).collect::<String>()
-    };
+    let location =
+        HeaderValue::from_str(location.as_str()).map_err(|e| Error::Internal(e.into()))?;
     let click = Click {
         ip_hash: state
             .secrets
             .fingerprint(&format!("{}:{}", target.tenant_id, peer.ip())),
-        user_agent: header_text(header::USER_AGENT, 512),
-        referer: header_text(header::REFERER, 2048),
+        user_agent: visitor.user_agent,
+        referer: visitor.referer,
         created_at: state.clock.now_ms(),
         id: click_id,
-        tenant_id: target.tenant_id.clone(),
-        link_id: target.link_id.clone(),
-        partner_id: target.partner_id.clone(),
-        campaign_id: target.campaign_id.clone(),
+        target,
     };
     if state.links.record(click).await.is_err() {
         return Err(Error::Unavailable);
     }
-    let location =
-        HeaderValue::from_str(location.as_str()).map_err(|e| Error::Internal(e.into()))?;
     Ok((
         StatusCode::FOUND,
         [
@@ -256,4 +248,26 @@ pub async fn follow(
         ],
     )
         .into_response())
+}
+
+/// What a click records of the visitor's request headers, truncated; read in place (the
+/// `HeaderMap` extractor would copy every header).
+pub struct Visitor {
+    user_agent: String,
+    referer: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let text = |name: header::HeaderName, max: usize| {
+            let value = parts.headers.get(name).and_then(|v| v.to_str().ok());
+            value.unwrap_or_default().chars().take(max).collect::<String>()
+        };
+        Ok(Visitor {
+            user_agent: text(header::USER_AGENT, 512),
+            referer: text(header::REFERER, 2048),
+        })
+    }
 }

@@ -97,14 +97,11 @@ pub async fn find_by_key(db: &Db, key: &str) -> sqlx::Result<Option<LinkRow>> {
     Ok(row)
 }
 
-/// A click, as recorded.
+/// A click, as recorded: the link's ids come from the router's (shared) view of the link.
 #[derive(Clone, Debug)]
 pub struct Click {
     pub id: String,
-    pub tenant_id: String,
-    pub link_id: String,
-    pub partner_id: String,
-    pub campaign_id: String,
+    pub target: std::sync::Arc<super::Target>,
     pub ip_hash: String,
     pub user_agent: String,
     pub referer: String,
@@ -117,7 +114,7 @@ const CLICK_PARAMS: usize = 9;
 /// Writes `clicks` (of any tenants) in one transaction, one multi-row insert per tenant. A click
 /// is flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
-    let groups = crate::db::by_tenant(clicks, |c| &c.tenant_id);
+    let groups = crate::db::by_tenant(clicks, |c| &c.target.tenant_id);
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
@@ -140,10 +137,10 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
         for c in batch {
             insert = insert
                 .bind(&c.id)
-                .bind(&c.tenant_id)
-                .bind(&c.link_id)
-                .bind(&c.partner_id)
-                .bind(&c.campaign_id)
+                .bind(&c.target.tenant_id)
+                .bind(&c.target.link_id)
+                .bind(&c.target.partner_id)
+                .bind(&c.target.campaign_id)
                 .bind(&c.ip_hash)
                 .bind(&c.user_agent)
                 .bind(&c.referer)
