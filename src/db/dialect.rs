@@ -77,10 +77,10 @@ impl Dialect {
         }
     }
 
-    /// The statement that opens a write transaction whose loss in a database crash only makes
-    /// a job run again (see [`super::Db::write_replayable`]). PostgreSQL then commits without
+    /// The statement that opens a write transaction whose commit may be lost in a database
+    /// crash (see [`super::Db::write_unflushed`]). PostgreSQL then commits without
     /// waiting for the WAL flush; SQLite (WAL, `synchronous = NORMAL`) never waits for one.
-    pub(crate) fn begin_replayable(self) -> &'static str {
+    pub(crate) fn begin_unflushed(self) -> &'static str {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
             Self::Postgres => "BEGIN; SET LOCAL synchronous_commit = off",

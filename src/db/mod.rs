@@ -129,13 +129,16 @@ impl Db {
             .await
     }
 
-    /// A write transaction for a job handler whose job is marked done only after this commits
-    /// (ADR 6). Its commit does not wait for the database's disk flush: if the database crashes
-    /// before the flush, the WAL loses this transaction and the later done mark together, and the
-    /// job runs again, as it would had this process died before committing. Never use it for
-    /// what a request accepts.
-    pub async fn write_replayable(&self, tenant_id: &str) -> sqlx::Result<Tx> {
-        self.begin_scoped(&self.writer, self.dialect.begin_replayable(), tenant_id)
+    /// A write transaction whose commit does not wait for the database's disk flush
+    /// (PostgreSQL; SQLite never waits for one). A database crash before the flush loses it, so
+    /// it is only for writes that loss cannot hurt more than a crash of this process would:
+    /// - a job handler's effects, when the job is marked done only after this commits (ADR 6):
+    ///   the WAL then loses the effects and the done mark together, and the job runs again;
+    /// - buffered clicks (ADR 7), already answered and already lost if this process dies first.
+    ///
+    /// Never for anything else a request accepts.
+    pub async fn write_unflushed(&self, tenant_id: &str) -> sqlx::Result<Tx> {
+        self.begin_scoped(&self.writer, self.dialect.begin_unflushed(), tenant_id)
             .await
     }
 

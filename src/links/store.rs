@@ -118,7 +118,7 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
-    let mut tx = db.write(first).await?;
+    let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;

@@ -96,7 +96,7 @@ async fn dispatch(state: AppState, job: Job) -> Outcome {
 /// a delivery is unique per (message, endpoint) and its job per delivery.
 async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<()> {
     let tenant = &payload.tenant_id;
-    let mut tx = state.db.write_replayable(tenant).await?;
+    let mut tx = state.db.write_unflushed(tenant).await?;
     let Some(message) = store::find_message(&mut tx, tenant, &payload.message_id).await? else {
         anyhow::bail!("message {} not found", payload.message_id);
     };

@@ -372,7 +372,7 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
         return Ok(());
     };
     // Replayable: every delivery here waits for this commit before its job is marked done.
-    let mut tx = db.write_replayable(first).await?;
+    let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
