@@ -9,11 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::ServiceExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tower::Layer as _;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -185,8 +183,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         links,
         config: Arc::new(config),
     }));
-    let router = crate::http::router(state.clone());
-    let app = axum::middleware::from_fn(crate::http::tenant_prefix).layer(router);
+    let app = crate::http::router(state.clone());
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
 

@@ -17,6 +17,7 @@ use axum::http::{HeaderName, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use tower::Layer as _;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -38,10 +39,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     Router::new()
-        .route(
-            "/r/{key}",
-            axum::routing::get(crate::links::routes::follow),
-        )
+        .route("/r/{key}", axum::routing::get(crate::links::routes::follow))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit_anonymous,
@@ -49,7 +47,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), ops::track))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .fallback_service(api)
+        // The tenant prefix is rewritten before the API router matches the path.
+        .fallback_service(middleware::from_fn(tenant_prefix).layer(api))
 }
 
 fn api_router(state: AppState) -> Router {
@@ -88,9 +87,9 @@ fn api_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Outer middleware: `/t/{slug}/v1/...` is served as `/v1/...` with the slug remembered, for the
-/// `Principal` extractor to check against the key's tenant. It runs before routing, so the
-/// rewritten path is the one matched.
+/// Middleware around the API router: `/t/{slug}/v1/...` is served as `/v1/...` with the slug
+/// remembered, for the `Principal` extractor to check against the key's tenant. It runs before
+/// the API router's routing, so the rewritten path is the one matched.
 pub async fn tenant_prefix(mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if let Some((slug, rest)) = path

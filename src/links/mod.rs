@@ -134,7 +134,11 @@ impl Links {
     /// Buffers `click` for the recorder; from here on it is stored, whatever happens to the
     /// database, unless the process dies before the recorder commits it.
     pub async fn record(&self, click: Click) -> Result<(), NotAccepted> {
-        match self.buffer.send_timeout(Entry::Click(click), ROOM_WAIT).await {
+        match self
+            .buffer
+            .send_timeout(Entry::Click(click), ROOM_WAIT)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(_) => Err(NotAccepted),
         }

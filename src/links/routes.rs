@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, State};
 use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -263,7 +263,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let text = |name: header::HeaderName, max: usize| {
             let value = parts.headers.get(name).and_then(|v| v.to_str().ok());
-            value.unwrap_or_default().chars().take(max).collect::<String>()
+            value
+                .unwrap_or_default()
+                .chars()
+                .take(max)
+                .collect::<String>()
         };
         Ok(Visitor {
             user_agent: text(header::USER_AGENT, 512),
