@@ -20,6 +20,7 @@ on_both_engines!(
     commissions_are_approved_once_the_holdback_has_passed,
     a_refund_of_a_paid_commission_is_recorded_not_clawed_back,
     one_bad_event_does_not_sink_its_batch,
+    a_conversion_waits_for_its_click_to_be_written,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -507,5 +508,38 @@ async fn one_bad_event_does_not_sink_its_batch(engine: Engine) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     );
+    srv.stop().await;
+}
+
+/// The router answers a click before writing it. An event naming that click, arriving while the
+/// write is held up (another connection locks `clicks`), waits for it and is attributed. (On
+/// SQLite the event's own write waits for the lock anyway; on PostgreSQL only the wait for the
+/// router's buffer keeps the event from missing the click.)
+async fn a_conversion_waits_for_its_click_to_be_written(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, partner_id, key) = program(&srv, "p@example.com", json!({})).await;
+    let (holder, lock) = srv.lock_clicks().await;
+    let click_id = click(&srv, &key).await;
+    let body = json!({"event_id": "evt-1", "type": "purchase", "click_id": click_id,
+                      "amount": 1000, "currency": "EUR"});
+    let converted = async {
+        let answer = event(&srv, body).await;
+        (answer, std::time::Instant::now())
+    };
+    let released = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.rollback().await.unwrap();
+        std::time::Instant::now()
+    };
+    let (((status, result), answered_at), released_at) = tokio::join!(converted, released);
+    assert_eq!(status, StatusCode::CREATED, "{result}");
+    assert!(answered_at >= released_at, "the event waited for the click");
+    assert_eq!(
+        result["attribution"]["click_id"],
+        click_id.as_str(),
+        "{result}"
+    );
+    assert_eq!(result["attribution"]["partner_id"], partner_id.as_str());
+    holder.close().await;
     srv.stop().await;
 }

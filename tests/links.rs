@@ -360,14 +360,7 @@ async fn concurrent_clicks_are_all_stored_by_a_clean_shutdown(engine: Engine) {
     let (_, _, link) = linked(&srv, json!({})).await;
     let url = srv.url(&format!("/r/{}", link["key"].as_str().unwrap()));
 
-    // Another connection takes the write lock on the clicks.
-    let holder = srv.inspect().await;
-    let mut lock = holder.pool().begin().await.unwrap();
-    let take_lock = match engine {
-        Engine::Sqlite => "DELETE FROM clicks WHERE 1 = 0",
-        Engine::Postgres => "LOCK TABLE clicks IN EXCLUSIVE MODE",
-    };
-    sqlx::query(take_lock).execute(&mut *lock).await.unwrap();
+    let (holder, lock) = srv.lock_clicks().await;
 
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -297,6 +297,19 @@ impl TestServer {
         switchyard::db::Db::connect(&self.db.url, 2).await.unwrap()
     }
 
+    /// Another connection holding the write lock on `clicks` until the transaction ends (the
+    /// database stays readable): what a database too busy to take the router's writes looks like.
+    pub async fn lock_clicks(&self) -> (switchyard::db::Db, sqlx::Transaction<'static, sqlx::Any>) {
+        let holder = self.inspect().await;
+        let mut lock = holder.pool().begin().await.unwrap();
+        let take_lock = match self.db.engine {
+            Engine::Sqlite => "DELETE FROM clicks WHERE 1 = 0",
+            Engine::Postgres => "LOCK TABLE clicks IN EXCLUSIVE MODE",
+        };
+        sqlx::query(take_lock).execute(&mut *lock).await.unwrap();
+        (holder, lock)
+    }
+
     /// Follows a share link without following the redirect: (status, `Location`).
     pub async fn click(
         &self,
