@@ -29,16 +29,24 @@ impl Dialect {
     /// parameter's name up by a linear scan, once per parameter when binding, which makes a
     /// statement with thousands of `$N` cost quadratic time; anonymous ones bind in order.
     pub fn values(self, rows: usize, columns: usize) -> String {
-        let tuple = |row: usize| -> String {
-            let params: Vec<String> = (1..=columns)
-                .map(|column| match self {
-                    Dialect::Sqlite => "?".to_owned(),
-                    Dialect::Postgres => format!("${}", row * columns + column),
-                })
-                .collect();
-            format!("({})", params.join(", "))
-        };
-        (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
+        use std::fmt::Write as _;
+        let mut values = String::with_capacity(rows * columns * 6);
+        for row in 0..rows {
+            values.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 1..=columns {
+                if column > 1 {
+                    values.push_str(", ");
+                }
+                match self {
+                    Dialect::Sqlite => values.push('?'),
+                    Dialect::Postgres => {
+                        let _ = write!(values, "${}", row * columns + column);
+                    }
+                }
+            }
+            values.push(')');
+        }
+        values
     }
 
     pub fn from_url(url: &str) -> anyhow::Result<Self> {

@@ -134,14 +134,16 @@ impl Links {
     /// Buffers `click` for the recorder; from here on it is stored, whatever happens to the
     /// database, unless the process dies before the recorder commits it.
     pub async fn record(&self, click: Click) -> Result<(), NotAccepted> {
-        match self
-            .buffer
-            .send_timeout(Entry::Click(click), ROOM_WAIT)
+        // Room is the rule; only a full buffer pays for a timer.
+        let click = match self.buffer.try_send(Entry::Click(click)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(click)) => click,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(NotAccepted),
+        };
+        self.buffer
+            .send_timeout(click, ROOM_WAIT)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(_) => Err(NotAccepted),
-        }
+            .map_err(|_| NotAccepted)
     }
 
     /// Returns once every click buffered before this call has committed.
