@@ -123,6 +123,9 @@ async fn anonymous_callers_are_limited_per_ip(engine: Engine) {
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let problem: Value = limited.json().await.unwrap();
     assert_eq!(problem["code"], "rate_limited");
+    // The click router, mounted apart from the API, draws on the same bucket.
+    let click = srv.send(Method::GET, "/r/no-such-link", None, None).await;
+    assert_eq!(click.status(), StatusCode::TOO_MANY_REQUESTS);
 
     // Guessing keys counts against the address too, while a valid key has its own bucket.
     let guess = srv

@@ -34,8 +34,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The application router with every layer, ready to serve.
 ///
 /// The click router `GET /r/{key}` is served before the API's layers, with only the per-IP rate
-/// limit and the request metrics: it is the hottest path, and a redirect carries no key, no body
-/// and no log line of its own. (The API router documents it too, but never sees its requests.)
+/// limit, the request metrics and the panic guard: it is the hottest path, and a redirect
+/// carries no key, no body and no log line of its own. (The API router documents it too, but never sees its requests.)
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     Router::new()
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             rate_limit::limit_anonymous,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), ops::track))
+        .layer(CatchPanicLayer::custom(internal_error))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         // The tenant prefix is rewritten before the API router matches the path.
@@ -67,9 +68,7 @@ fn api_router(state: AppState) -> Router {
             rate_limit::limit_anonymous,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), ops::track))
-        .layer(CatchPanicLayer::custom(|_| {
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, Vec::new())
-        }))
+        .layer(CatchPanicLayer::custom(internal_error))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -108,6 +107,16 @@ pub async fn tenant_prefix(mut request: Request, next: Next) -> Response {
         }
     }
     next.run(request).await
+}
+
+/// A handler that panicked answers 500 `internal`, and the server goes on.
+fn internal_error(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        None,
+        Vec::new(),
+    )
 }
 
 async fn not_found(uri: Uri) -> Response {
