@@ -3,7 +3,7 @@
 //!
 //! While one batch commits the next one gathers, so the cost of a commit is shared by every row
 //! that arrived meanwhile, and a caller still learns of its own row's durability before it goes
-//! on (the click router answers, a delivery's job is marked done).
+//! on (a delivery's job is marked done only once its attempt is recorded).
 
 use std::future::Future;
 
