@@ -101,6 +101,18 @@ fn valid_type(name: &str) -> bool {
         })
 }
 
+/// Waits, when any of `events` names a click, until every click this node answered before now
+/// is written: one it answered moments ago may still be in the router's buffer (ADR 7). Once
+/// per request, so a batch of 500 waits once.
+pub async fn await_named_clicks(state: &AppState, events: &[Value]) {
+    if events
+        .iter()
+        .any(|event| event.get("click_id").is_some_and(|id| !id.is_null()))
+    {
+        state.links.flush().await;
+    }
+}
+
 /// Parses and validates `raw` (one event's JSON), then takes it.
 pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken> {
     // The hash of the body as parsed (keys sorted), so whitespace and key order do not matter.
@@ -161,10 +173,6 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
     }
     if event.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         errors.push(FieldError::new("metadata", "must be a JSON object"));
-    }
-    if event.click_id.is_some() {
-        // A click this node answered moments ago may still be in the recorder's buffer.
-        state.links.flush().await;
     }
     let mut tx = state.db.write(tenant_id).await?;
     let region = identities::phone_region(&mut tx, tenant_id, state.config.phone_region).await?;

@@ -13,7 +13,7 @@ use crate::http::error::{AuthProblems, Error, InvalidProblem, NotFoundProblem, P
 use crate::http::extract::Json;
 use crate::keys::{Principal, Scope};
 
-use super::{take, EventResult, NewEvent, Taken};
+use super::{await_named_clicks, take, EventResult, NewEvent, Taken};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -43,6 +43,7 @@ async fn post_event(
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, axum::Json<EventResult>)> {
     principal.require(Scope::EventsWrite)?;
+    await_named_clicks(&state, std::slice::from_ref(&body)).await;
     Ok(match take(&state, &principal.tenant_id, body).await? {
         Taken::New(result) => (StatusCode::CREATED, axum::Json(result)),
         Taken::Repeat(result) => (StatusCode::OK, axum::Json(result)),
@@ -90,6 +91,7 @@ async fn post_batch(
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(Error::invalid("events", "must hold 1 to 500 events"));
     }
+    await_named_clicks(&state, &batch.events).await;
     let mut results = Vec::with_capacity(batch.events.len());
     for (index, event) in batch.events.into_iter().enumerate() {
         let item = match take(&state, &principal.tenant_id, event).await {
