@@ -12,10 +12,10 @@ pub mod pagination;
 pub mod rate_limit;
 pub mod validate;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::Layer as _;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,17 +34,16 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The application router with every layer, ready to serve.
 ///
 /// The click router `GET /r/{key}` is served before the API's layers, with only the per-IP rate
-/// limit, the request metrics and the panic guard: it is the hottest path, and a redirect
+/// limit and the request metrics (one middleware) and the panic guard: it is the hottest path, and a redirect
 /// carries no key, no body and no log line of its own. (The API router documents it too, but never sees its requests.)
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     Router::new()
-        .route("/r/{key}", axum::routing::get(crate::links::routes::follow))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit_anonymous,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), ops::track))
+        .route(
+            ops::CLICK_ROUTE,
+            axum::routing::get(crate::links::routes::follow),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), guard_clicks))
         .layer(CatchPanicLayer::custom(internal_error))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -84,6 +83,20 @@ fn api_router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The click route's one middleware, in place of the API's `track` and `limit_anonymous`: the
+/// per-IP rate limit, and the request metrics through [`ops::Metrics::count_click`].
+async fn guard_clicks(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = match rate_limit::check_anonymous(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(limited) => limited.into_response(),
+    };
+    state
+        .metrics
+        .count_click(response.status(), started.elapsed());
+    response
 }
 
 /// Middleware around the API router: `/t/{slug}/v1/...` is served as `/v1/...` with the slug

@@ -64,12 +64,19 @@ pub async fn limit_anonymous(
     request: Request,
     next: Next,
 ) -> Response {
-    if !request.headers().contains_key(AUTHORIZATION) {
-        if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-            if let Err(limited) = state.limits.check_ip(addr.ip()) {
-                return axum::response::IntoResponse::into_response(limited);
-            }
-        }
+    match check_anonymous(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(limited) => axum::response::IntoResponse::into_response(limited),
     }
-    next.run(request).await
+}
+
+/// The per-IP limit of a request that presents no API key.
+pub fn check_anonymous(state: &AppState, request: &Request) -> Result<()> {
+    if request.headers().contains_key(AUTHORIZATION) {
+        return Ok(());
+    }
+    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => state.limits.check_ip(addr.ip()),
+        None => Ok(()),
+    }
 }
