@@ -114,17 +114,22 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
         .await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "link_not_found");
 
-    // The router's answers are counted by route template, redirects and misses alike.
-    let metrics = srv
-        .send(reqwest::Method::GET, "/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let wrong_method = srv
+        .call(reqwest::Method::POST, &format!("/r/{key}"), None, None)
+        .await;
+    assert_problem(
+        &wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+
+    // The router's answers are counted by method and route template, redirects and misses alike.
+    let metrics = srv.metrics().await;
     for line in [
         r#"switchyard_http_requests_total{method="GET",route="/r/{key}",status="302"} 2"#,
         r#"switchyard_http_requests_total{method="GET",route="/r/{key}",status="404"} 1"#,
         r#"switchyard_http_request_duration_seconds_count{method="GET",route="/r/{key}"} 3"#,
+        r#"switchyard_http_requests_total{method="POST",route="/r/{key}",status="405"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

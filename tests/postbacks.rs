@@ -224,15 +224,7 @@ async fn a_failing_tracker_is_retried_then_the_postback_disabled(engine: Engine)
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!tracker.has_more());
 
-    let metrics = srv
-        .client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("switchyard_postback_failures{") && l.contains(&partner))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Engine, TestDb, TestServer};
 use job_queue::{Job, KindOptions, NewJob, Outcome, Periodic, Queue, Worker, WorkerOptions};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use switchyard::clock::Clock;
 use switchyard::db::Db;
@@ -521,12 +521,7 @@ async fn operators_see_counts_on_the_api_and_in_metrics(engine: Engine) {
     assert!(kind["oldest_available_age_ms"].as_i64().unwrap() >= 10_000);
     assert_eq!(stats["dead"], 0);
 
-    let metrics = srv
-        .send(Method::GET, "/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     assert!(
         metrics.contains(
             r#"switchyard_jobs{queue="default",kind="nobody.handles.this",state="available"} 3"#

@@ -210,12 +210,7 @@ async fn a_message_reaches_every_subscribed_endpoint_signed(engine: Engine) {
             counters["latency_p50_ms"].as_i64().is_some()
                 && counters["latency_p95_ms"].as_i64().is_some()
         );
-        let metrics = srv
-            .send(reqwest::Method::GET, "/metrics", None, None)
-            .await
-            .text()
-            .await
-            .unwrap();
+        let metrics = srv.metrics().await;
         let line = format!(
             r#"switchyard_webhook_endpoint_successes{{tenant="{}",endpoint="{id}"}} 1"#,
             srv.tenant_id

@@ -34,8 +34,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The application router with every layer, ready to serve.
 ///
 /// The click router `GET /r/{key}` is served before the API's layers, with only the per-IP rate
-/// limit and the request metrics (one middleware) and the panic guard: it is the hottest path, and a redirect
-/// carries no key, no body and no log line of its own. (The API router documents it too, but never sees its requests.)
+/// limit and the request metrics (one middleware) and the panic guard: it is the hottest path,
+/// and a redirect carries no key, no body and no log line of its own. (The API router documents
+/// it too, but never sees its requests.)
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     Router::new()
@@ -43,9 +44,10 @@ pub fn router(state: AppState) -> Router {
             ops::CLICK_ROUTE,
             axum::routing::get(crate::links::routes::follow),
         )
+        // Set before the layers, so a 405 here is counted and limited like any answer.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard_clicks))
         .layer(CatchPanicLayer::custom(internal_error))
-        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         // The tenant prefix is rewritten before the API router matches the path.
         .fallback_service(middleware::from_fn(tenant_prefix).layer(api))
@@ -89,13 +91,14 @@ fn api_router(state: AppState) -> Router {
 /// per-IP rate limit, and the request metrics through [`ops::Metrics::count_click`].
 async fn guard_clicks(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
+    let method = request.method().clone();
     let response = match rate_limit::check_anonymous(&state, &request) {
         Ok(()) => next.run(request).await,
         Err(limited) => limited.into_response(),
     };
     state
         .metrics
-        .count_click(response.status(), started.elapsed());
+        .count_click(&method, response.status(), started.elapsed());
     response
 }
 

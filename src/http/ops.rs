@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -103,6 +103,15 @@ impl RequestLabels {
             method: method.to_owned(),
             route: route.to_owned(),
             status: status.as_u16().to_string(),
+        }
+    }
+}
+
+impl RouteLabels {
+    fn new(method: &str, route: &str) -> Self {
+        RouteLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
         }
     }
 }
@@ -237,10 +246,7 @@ impl Default for Metrics {
             .get_or_create(&RequestLabels::new("GET", CLICK_ROUTE, StatusCode::FOUND))
             .clone();
         let click_durations = durations
-            .get_or_create(&RouteLabels {
-                method: "GET".to_owned(),
-                route: CLICK_ROUTE.to_owned(),
-            })
+            .get_or_create(&RouteLabels::new("GET", CLICK_ROUTE))
             .clone();
         Self {
             registry,
@@ -354,21 +360,18 @@ impl Metrics {
             .get_or_create(&RequestLabels::new(method, route, status))
             .inc();
         self.durations
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels::new(method, route))
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts and times one answer of the click router: a redirect is two atomic updates on
     /// series resolved at start, with no label strings built and no map looked up.
-    pub fn count_click(&self, status: StatusCode, elapsed: Duration) {
-        if status == StatusCode::FOUND {
+    pub fn count_click(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        if method == Method::GET && status == StatusCode::FOUND {
             self.click_redirects.inc();
             self.click_durations.observe(elapsed.as_secs_f64());
         } else {
-            self.count("GET", CLICK_ROUTE, status, elapsed);
+            self.count(method.as_str(), CLICK_ROUTE, status, elapsed);
         }
     }
 }

@@ -310,6 +310,15 @@ impl TestServer {
         (holder, lock)
     }
 
+    /// The `/metrics` exposition as text.
+    pub async fn metrics(&self) -> String {
+        self.send(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Follows a share link without following the redirect: (status, `Location`).
     pub async fn click(
         &self,
