@@ -41,28 +41,29 @@ pub async fn find_click(
     occurred_at: i64,
     campaign_id: Option<&str>,
 ) -> sqlx::Result<Option<Candidate>> {
-    let (by_click, by_customer) = match clicks {
-        Clicks::Click(id) => (id, ""),
-        Clicks::Customer(id) => ("", id),
+    // One statement per way of naming the clicks, so each finds them through its own index
+    // (the customer index holds only clicks tied to a customer).
+    let (named_by, id) = match clicks {
+        Clicks::Click(id) => ("c.id = $2", id),
+        Clicks::Customer(id) => ("c.customer_id = $2", id),
     };
-    let candidates: Vec<Candidate> = sqlx::query_as(
+    let sql = format!(
         "SELECT c.id AS click_id, c.partner_id, c.campaign_id, c.created_at,
                 cp.attribution_model, cp.attribution_window_days
          FROM clicks c
          JOIN campaigns cp ON cp.id = c.campaign_id AND cp.tenant_id = c.tenant_id
          JOIN partners p ON p.id = c.partner_id AND p.tenant_id = c.tenant_id
-         WHERE c.tenant_id = $1 AND c.revoked = 0 AND p.status = 'active'
-           AND (($2 <> '' AND c.id = $2) OR ($3 <> '' AND c.customer_id = $3))
-           AND c.created_at <= $4 AND ($5 = '' OR c.campaign_id = $5)
-         ORDER BY c.created_at, c.id",
-    )
-    .bind(tenant_id)
-    .bind(by_click)
-    .bind(by_customer)
-    .bind(occurred_at)
-    .bind(campaign_id.unwrap_or_default())
-    .fetch_all(&mut **tx)
-    .await?;
+         WHERE c.tenant_id = $1 AND {named_by} AND c.revoked = 0 AND p.status = 'active'
+           AND c.created_at <= $3 AND ($4 = '' OR c.campaign_id = $4)
+         ORDER BY c.created_at, c.id"
+    );
+    let candidates: Vec<Candidate> = sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(id)
+        .bind(occurred_at)
+        .bind(campaign_id.unwrap_or_default())
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(choose(candidates, occurred_at))
 }
 

@@ -49,6 +49,30 @@ impl Dialect {
         values
     }
 
+    /// A table named `alias` with `columns` (name, SQL type), read from the statement's first
+    /// parameter: a JSON array with one object per row. A batch then binds one value and its
+    /// statement is the same whatever the batch's size, so it is parsed and planned once per
+    /// connection instead of once per size.
+    pub fn json_rows(self, alias: &str, columns: &[(&str, &str)]) -> String {
+        let list = |each: &dyn Fn(&str, &str) -> String| {
+            columns
+                .iter()
+                .map(|(name, ty)| each(name, ty))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Dialect::Postgres => format!(
+                "json_to_recordset($1::json) AS {alias}({})",
+                list(&|name, ty| format!("{name} {ty}"))
+            ),
+            Dialect::Sqlite => format!(
+                "(SELECT {} FROM json_each($1)) AS {alias}",
+                list(&|name, _| format!("value ->> '{name}' AS {name}"))
+            ),
+        }
+    }
+
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
@@ -121,6 +145,19 @@ mod tests {
     fn multi_row_values_number_parameters_in_order() {
         assert_eq!(Dialect::Postgres.values(2, 2), "($1, $2), ($3, $4)");
         assert_eq!(Dialect::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+    }
+
+    #[test]
+    fn json_rows_name_their_columns() {
+        let columns = [("id", "text"), ("at", "bigint")];
+        assert_eq!(
+            Dialect::Postgres.json_rows("v", &columns),
+            "json_to_recordset($1::json) AS v(id text, at bigint)"
+        );
+        assert_eq!(
+            Dialect::Sqlite.json_rows("v", &columns),
+            "(SELECT value ->> 'id' AS id, value ->> 'at' AS at FROM json_each($1)) AS v"
+        );
     }
 
     #[test]

@@ -108,45 +108,70 @@ pub struct Click {
     pub created_at: i64,
 }
 
-/// Parameters per click in the multi-row insert.
-const CLICK_PARAMS: usize = 9;
+/// A click as the batch insert reads it (see [`crate::db::Dialect::json_rows`]).
+#[derive(serde::Serialize)]
+struct ClickRow<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    link_id: &'a str,
+    partner_id: &'a str,
+    campaign_id: &'a str,
+    ip_hash: &'a str,
+    user_agent: &'a str,
+    referer: &'a str,
+    created_at: i64,
+}
 
-/// Writes `clicks` (of any tenants) in one transaction, one multi-row insert per tenant. A click
-/// is flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
+const CLICK_COLUMNS: [(&str, &str); 9] = [
+    ("id", "text"),
+    ("tenant_id", "text"),
+    ("link_id", "text"),
+    ("partner_id", "text"),
+    ("campaign_id", "text"),
+    ("ip_hash", "text"),
+    ("user_agent", "text"),
+    ("referer", "text"),
+    ("created_at", "bigint"),
+];
+
+/// Writes `clicks` (of any tenants) in one transaction, one insert per tenant whose rows are
+/// one JSON parameter. A click is flagged `revoked` when its partner is revoked as of this
+/// commit (not as of a cached read).
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let groups = crate::db::by_tenant(clicks, |c| &c.target.tenant_id);
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
+    let sql = format!(
+        "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
+                             user_agent, referer, created_at)
+         SELECT v.id, v.tenant_id, v.link_id, v.partner_id, v.campaign_id,
+                CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
+                v.ip_hash, v.user_agent, v.referer, v.created_at
+         FROM {} LEFT JOIN partners p ON p.id = v.partner_id",
+        db.dialect().json_rows("v", &CLICK_COLUMNS)
+    );
     let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
-        let sql = format!(
-            "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
-                                 user_agent, referer, created_at)
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
-                    CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
-                    v.column6, v.column7, v.column8, v.column9
-             FROM (VALUES {}) AS v
-             LEFT JOIN partners p ON p.id = v.column4",
-            db.dialect().values(batch.len(), CLICK_PARAMS)
-        );
-        let mut insert = sqlx::query(&sql);
-        for c in batch {
-            insert = insert
-                .bind(&c.id)
-                .bind(&c.target.tenant_id)
-                .bind(&c.target.link_id)
-                .bind(&c.target.partner_id)
-                .bind(&c.target.campaign_id)
-                .bind(&c.ip_hash)
-                .bind(&c.user_agent)
-                .bind(&c.referer)
-                .bind(c.created_at);
-        }
-        insert.execute(&mut *tx).await?;
+        let rows: Vec<ClickRow> = batch
+            .iter()
+            .map(|c| ClickRow {
+                id: &c.id,
+                tenant_id: &c.target.tenant_id,
+                link_id: &c.target.link_id,
+                partner_id: &c.target.partner_id,
+                campaign_id: &c.target.campaign_id,
+                ip_hash: &c.ip_hash,
+                user_agent: &c.user_agent,
+                referer: &c.referer,
+                created_at: c.created_at,
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query(&sql).bind(rows).execute(&mut *tx).await?;
     }
     tx.commit().await
 }
