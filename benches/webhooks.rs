@@ -222,9 +222,10 @@ async fn measure(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let mut tx = state.db.write(&tenant).await.unwrap();
+                let mut handoff = state.queue.handoff();
                 let id = switchyard::outbox::emit(
                     &mut tx,
-                    &state.queue,
+                    &mut handoff,
                     &state.clock,
                     &tenant,
                     "partner.created",
@@ -234,7 +235,7 @@ async fn measure(
                 .unwrap();
                 tx.commit().await.unwrap();
                 committed.lock().unwrap().insert(id, Instant::now());
-                state.queue.committed();
+                handoff.start();
             }
         });
     }

@@ -7,6 +7,8 @@
 
 use serde_json::json;
 
+use job_queue::Handoff;
+
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::db::Tx;
@@ -88,6 +90,7 @@ fn choose(candidates: Vec<Candidate>, occurred_at: i64) -> Option<Candidate> {
 pub async fn record(
     state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     tenant_id: &str,
     conversion_id: &str,
     event: (&str, &str),
@@ -124,7 +127,7 @@ pub async fn record(
     });
     outbox::emit(
         tx,
-        &state.queue,
+        handoff,
         &state.clock,
         tenant_id,
         "attribution.created",

@@ -31,6 +31,8 @@ on_both_engines!(
     a_long_handler_keeps_its_lease,
     done_jobs_are_purged_after_the_retention_and_dead_ones_kept,
     a_snoozed_job_waits_without_using_an_attempt,
+    jobs_handed_over_at_enqueue_run_at_commit_without_a_claim,
+    a_handoff_that_is_not_started_gives_its_jobs_back,
 );
 
 struct Fixture {
@@ -206,7 +208,9 @@ async fn a_batch_enqueue_skips_known_dedupe_keys_and_every_new_job_runs(engine: 
         .collect();
 
     let mut tx = f.db.write_global().await.unwrap();
-    f.queue.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    let mut handoff = f.queue.handoff();
+    handoff.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    drop(handoff);
     tx.rollback().await.unwrap();
     assert_eq!(
         count_jobs(&f.queue).await,
@@ -215,13 +219,16 @@ async fn a_batch_enqueue_skips_known_dedupe_keys_and_every_new_job_runs(engine: 
     );
 
     let mut tx = f.db.write_global().await.unwrap();
-    let new = f.queue.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    let mut handoff = f.queue.handoff();
+    let new = handoff.enqueue_all_in(&mut tx, &batch).await.unwrap();
     tx.commit().await.unwrap();
+    assert_eq!(handoff.handed(), 0, "no worker runs here to take them");
     assert_eq!(
         new, 3,
         "send:0 existed; send:1, send:2 and the keyless job are new"
     );
     assert_eq!(count_jobs(&f.queue).await, 4);
+    handoff.start();
 
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let worker = Worker::new(f.queue.clone(), fast()).register("send", KindOptions::default(), {
@@ -676,4 +683,139 @@ async fn a_snoozed_job_waits_without_using_an_attempt(engine: Engine) {
     wait_for_state(&f.queue, &job_id, "done").await;
     stop.send(()).unwrap();
     handle.await.unwrap();
+}
+
+/// Options under which a worker finds nothing by itself for 30 s: no poll, no listener.
+fn idle() -> WorkerOptions {
+    WorkerOptions {
+        poll_interval: Duration::from_secs(30),
+        maintenance_interval: Duration::from_secs(30),
+        ..WorkerOptions::default()
+    }
+}
+
+/// (state, attempt) of every job of `kind`, by state (`running`, `done`, `available`).
+async fn jobs_of(queue: &Queue, kind: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT state, attempt FROM jobs WHERE kind = $1 ORDER BY state DESC, attempt DESC",
+    )
+    .bind(kind)
+    .fetch_all(queue.pool())
+    .await
+    .unwrap()
+}
+
+async fn wait_for_jobs(queue: &Queue, kind: &str, expected: &[(&str, i64)]) {
+    let expected: Vec<(String, i64)> = expected
+        .iter()
+        .map(|(state, attempt)| (state.to_string(), *attempt))
+        .collect();
+    for _ in 0..300 {
+        if jobs_of(queue, kind).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(jobs_of(queue, kind).await, expected);
+}
+
+async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engine) {
+    let f = fixture(engine).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let two_at_a_time = KindOptions {
+        concurrency: 2,
+        ..KindOptions::default()
+    };
+    let worker = Worker::new(f.queue.clone(), idle()).register("ping", two_at_a_time, {
+        let ran = ran.clone();
+        move |_job| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            async { Outcome::Done }
+        }
+    });
+    let (stop, handle) = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle: its first turn found nothing
+
+    let batch: Vec<NewJob> = (0..3)
+        .map(|n| NewJob::new("ping", json!({ "n": n })))
+        .collect();
+    let mut tx = f.db.write_global().await.unwrap();
+    let mut handoff = f.queue.handoff();
+    handoff.enqueue_all_in(&mut tx, &batch).await.unwrap();
+    assert_eq!(handoff.handed(), 2, "one per free slot");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        jobs_of(&f.queue, "ping").await,
+        [
+            ("running".into(), 1),
+            ("running".into(), 1),
+            ("available".into(), 0)
+        ],
+        "handed jobs are leased by their insert"
+    );
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "nothing runs before the start"
+    );
+
+    // The handed two run from memory; the third is claimed once a slot frees (the start woke
+    // the worker for it). The worker would not look by itself for 30 s.
+    handoff.start();
+    wait_for_jobs(&f.queue, "ping", &[("done", 1), ("done", 1), ("done", 1)]).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 3);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+async fn a_handoff_that_is_not_started_gives_its_jobs_back(engine: Engine) {
+    let f = fixture(engine).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let worker = Worker::new(f.queue.clone(), idle()).register("ping", one_at_a_time(), {
+        let ran = ran.clone();
+        move |_job| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            async { Outcome::Done }
+        }
+    });
+    let (stop, handle) = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ping = || NewJob::new("ping", json!({}));
+
+    // Rolled back: nothing stays, and the slot is free again.
+    let mut tx = f.db.write_global().await.unwrap();
+    let mut handoff = f.queue.handoff();
+    handoff.enqueue_in(&mut tx, ping()).await.unwrap();
+    assert_eq!(handoff.handed(), 1);
+    tx.rollback().await.unwrap();
+    drop(handoff);
+    assert!(jobs_of(&f.queue, "ping").await.is_empty());
+
+    // Committed but dropped unstarted: the job is available again, its attempt not counted.
+    let mut tx = f.db.write_global().await.unwrap();
+    let mut handoff = f.queue.handoff();
+    handoff.enqueue_in(&mut tx, ping()).await.unwrap();
+    assert_eq!(
+        handoff.handed(),
+        1,
+        "the rolled-back handoff freed its slot"
+    );
+    tx.commit().await.unwrap();
+    drop(handoff);
+    wait_for_jobs(&f.queue, "ping", &[("available", 0)]).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    f.queue.committed();
+    wait_for_jobs(&f.queue, "ping", &[("done", 1)]).await;
+
+    // Handed to a worker that stops before the start: given back, to run elsewhere.
+    let mut tx = f.db.write_global().await.unwrap();
+    let mut handoff = f.queue.handoff();
+    handoff.enqueue_in(&mut tx, ping()).await.unwrap();
+    assert_eq!(handoff.handed(), 1);
+    tx.commit().await.unwrap();
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    handoff.start();
+    wait_for_jobs(&f.queue, "ping", &[("done", 1), ("available", 0)]).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
 }

@@ -39,9 +39,10 @@ async fn subscribe(srv: &TestServer, url: &str, types: Value) -> Value {
 async fn emit(srv: &TestServer, event_type: &str, data: Value) -> String {
     let state = &srv.running.as_ref().unwrap().state;
     let mut tx = state.db.write(&srv.tenant_id).await.unwrap();
+    let mut handoff = state.queue.handoff();
     let id = switchyard::outbox::emit(
         &mut tx,
-        &state.queue,
+        &mut handoff,
         &state.clock,
         &srv.tenant_id,
         event_type,
@@ -50,7 +51,7 @@ async fn emit(srv: &TestServer, event_type: &str, data: Value) -> String {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    state.queue.committed();
+    handoff.start();
     id
 }
 

@@ -16,6 +16,7 @@
 //! The queue needs the `jobs` table (see the application's `migrations/*/0002_jobs.sql`). It
 //! knows nothing about what its jobs do.
 
+mod handoff;
 mod periodic;
 mod queue;
 mod schedule;
@@ -23,6 +24,7 @@ mod worker;
 
 use std::sync::Arc;
 
+pub use handoff::Handoff;
 pub use periodic::Periodic;
 pub use queue::{Enqueued, KindStats, NewJob, Queue, Stats};
 pub use schedule::RetrySchedule;

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyPool, Row as _, Transaction};
 use tokio::sync::Notify;
 
-use crate::{Engine, Error, Now};
+use crate::handoff::{Handed, Handoff, Taken, Takers};
+use crate::{Engine, Error, Job, Now};
 
 /// A job to enqueue.
 #[derive(Clone, Debug)]
@@ -88,6 +89,19 @@ pub(crate) struct Claimed {
     pub lease_until: i64,
 }
 
+impl Claimed {
+    pub(crate) fn into_job(self) -> Job {
+        Job {
+            payload: serde_json::from_str(&self.payload).unwrap_or(serde_json::Value::Null),
+            attempt: u32::try_from(self.attempt).unwrap_or(u32::MAX),
+            max_attempts: u32::try_from(self.max_attempts).unwrap_or(u32::MAX),
+            lease_until: self.lease_until,
+            id: self.id,
+            kind: self.kind,
+        }
+    }
+}
+
 /// Counts for one kind of job.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KindStats {
@@ -118,33 +132,44 @@ pub(crate) const CHANNEL: &str = "job_queue";
 
 /// The INSERT of new jobs, up to its `VALUES` rows (bound by [`bind_job`]).
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt,
-    max_attempts, run_at, dedupe_key, created_at, updated_at) VALUES";
+    max_attempts, run_at, dedupe_key, lease_until, lease_token, created_at, updated_at) VALUES";
 const ON_DUPLICATE: &str = "ON CONFLICT (queue, dedupe_key) DO NOTHING";
+/// Parameters per row of [`INSERT_JOBS`].
+const JOB_PARAMS: usize = 13;
 
-/// The `VALUES` row of one new job, its nine parameters numbered from `$offset + 1`.
+/// The `VALUES` row of one new job, its parameters numbered from `$offset + 1`.
 fn job_row(offset: usize) -> String {
-    let p: [String; 9] = std::array::from_fn(|column| format!("${}", offset + column + 1));
-    let [id, queue, kind, payload, priority, max_attempts, run_at, dedupe_key, now] = p;
-    format!("({id}, {queue}, {kind}, {payload}, 'available', {priority}, 0, {max_attempts}, {run_at}, {dedupe_key}, {now}, {now})")
+    let p: [String; JOB_PARAMS] = std::array::from_fn(|column| format!("${}", offset + column + 1));
+    let [id, queue, kind, payload, state, priority, attempt, max_attempts, run_at, dedupe_key, lease_until, token, now] =
+        p;
+    format!("({id}, {queue}, {kind}, {payload}, {state}, {priority}, {attempt}, {max_attempts}, {run_at}, {dedupe_key}, {lease_until}, {token}, {now}, {now})")
 }
 
-/// Binds one row of [`INSERT_JOBS`]: id, queue, kind, payload, priority, max attempts, run at,
-/// dedupe key, now.
+/// Binds one row of [`INSERT_JOBS`]: `available`, or `running` under the lease of `taken`.
 fn bind_job<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     id: &str,
     job: &'q NewJob,
     now: i64,
+    taken: Option<&Taken>,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     query
         .bind(id.to_owned())
         .bind(&job.queue)
         .bind(&job.kind)
         .bind(job.payload.to_string())
+        .bind(if taken.is_some() {
+            "running"
+        } else {
+            "available"
+        })
         .bind(i64::from(job.priority))
+        .bind(i64::from(taken.is_some()))
         .bind(i64::from(job.max_attempts.max(1)))
         .bind(job.run_at.unwrap_or(now))
         .bind(&job.dedupe_key)
+        .bind(taken.map(|t| t.lease_until))
+        .bind(taken.map(|t| t.token.clone()))
         .bind(now)
 }
 
@@ -155,6 +180,7 @@ pub struct Queue {
     engine: Engine,
     now: Now,
     wake: Arc<Notify>,
+    takers: Takers,
 }
 
 const CLAIMED_COLUMNS: &str = "id, kind, payload, attempt, max_attempts, lease_until";
@@ -166,6 +192,7 @@ impl Queue {
             engine,
             now,
             wake: Arc::new(Notify::new()),
+            takers: Takers::default(),
         }
     }
 
@@ -184,6 +211,26 @@ impl Queue {
         &self.wake
     }
 
+    pub(crate) fn takers(&self) -> &Takers {
+        &self.takers
+    }
+
+    /// A free slot of this process's worker for `job`, if one takes its kind and it is due.
+    fn take(&self, job: &NewJob, now: i64) -> Option<Taken> {
+        if job.run_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        let takers = self.takers.lock().expect("takers lock");
+        let taker = takers.get(&(job.queue.clone(), job.kind.clone()))?;
+        let permit = taker.slots.clone().try_acquire_owned().ok()?;
+        Some(Taken {
+            token: ulid::Ulid::new().to_string(),
+            lease_until: now + taker.lease.as_millis() as i64,
+            permit,
+            to: taker.jobs.clone(),
+        })
+    }
+
     pub fn now(&self) -> i64 {
         (self.now)()
     }
@@ -193,19 +240,28 @@ impl Queue {
     }
 
     /// Enqueues `job` in the caller's transaction: it exists if and only if that commits.
+    /// (Through [`Handoff::enqueue_in`] it may also go straight to this process's worker.)
     pub async fn enqueue_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         job: NewJob,
     ) -> Result<Enqueued, Error> {
-        let now = self.now();
-        let id = format!("job_{}", ulid::Ulid::new());
-        let sql = format!("{INSERT_JOBS} {} {ON_DUPLICATE} RETURNING id", job_row(0));
-        let inserted = bind_job(sqlx::query(&sql), &id, &job, now)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if inserted.is_some() {
-            self.notify_in(tx, &job.queue).await?;
+        self.enqueue_one(tx, job, None).await
+    }
+
+    /// An empty [`Handoff`], to enqueue through and start once the transaction has committed.
+    pub fn handoff(&self) -> Handoff {
+        Handoff::new(self.clone())
+    }
+
+    pub(crate) async fn enqueue_one(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job: NewJob,
+        handoff: Option<&mut Handoff>,
+    ) -> Result<Enqueued, Error> {
+        let new = self.insert(tx, std::slice::from_ref(&job), handoff).await?;
+        if let Some(Some(id)) = new.into_iter().next() {
             return Ok(Enqueued {
                 id,
                 duplicate: false,
@@ -223,25 +279,70 @@ impl Queue {
         })
     }
 
-    /// Enqueues `jobs` in the caller's transaction with one statement per 500 jobs; a job whose
-    /// dedupe key exists already on its queue is skipped. Returns how many were new.
-    pub async fn enqueue_all_in(
+    /// Inserts `jobs` with one statement per 500, skipping those whose dedupe key exists already
+    /// on their queue. With a `handoff`, new jobs that are due are leased to this process's
+    /// worker when it has a free slot for their kind; workers are notified of the others.
+    /// Returns each job's id, `None` for a duplicate.
+    pub(crate) async fn insert(
         &self,
         tx: &mut Transaction<'static, Any>,
         jobs: &[NewJob],
-    ) -> Result<u64, Error> {
+        mut handoff: Option<&mut Handoff>,
+    ) -> Result<Vec<Option<String>>, Error> {
         let now = self.now();
-        let mut inserted = 0;
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut unhanded = false;
         for chunk in jobs.chunks(500) {
-            let rows: Vec<String> = (0..chunk.len()).map(|n| job_row(n * 9)).collect();
-            let sql = format!("{INSERT_JOBS} {} {ON_DUPLICATE}", rows.join(", "));
+            let rows: Vec<(String, &NewJob, Option<Taken>)> = chunk
+                .iter()
+                .map(|job| {
+                    let taken = handoff.as_ref().and_then(|_| self.take(job, now));
+                    (format!("job_{}", ulid::Ulid::new()), job, taken)
+                })
+                .collect();
+            let values: Vec<String> = (0..chunk.len()).map(|n| job_row(n * JOB_PARAMS)).collect();
+            let sql = format!(
+                "{INSERT_JOBS} {} {ON_DUPLICATE} RETURNING id",
+                values.join(", ")
+            );
             let mut query = sqlx::query(&sql);
-            for job in chunk {
-                query = bind_job(query, &format!("job_{}", ulid::Ulid::new()), job, now);
+            for (id, job, taken) in &rows {
+                query = bind_job(query, id, job, now, taken.as_ref());
             }
-            inserted += query.execute(&mut **tx).await?.rows_affected();
+            let new = query
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<std::collections::HashSet<String>, _>>()?;
+            for (id, job, taken) in rows {
+                if !new.contains(&id) {
+                    ids.push(None); // A duplicate: its slot, if it took one, is free again.
+                    continue;
+                }
+                match (taken, handoff.as_deref_mut()) {
+                    (Some(taken), Some(handoff)) => handoff.push(Handed {
+                        job: Job {
+                            id: id.clone(),
+                            kind: job.kind.clone(),
+                            payload: job.payload.clone(),
+                            attempt: 1,
+                            max_attempts: job.max_attempts.max(1),
+                            lease_until: taken.lease_until,
+                        },
+                        token: taken.token,
+                        permit: taken.permit,
+                        to: taken.to,
+                    }),
+                    _ => unhanded = true,
+                }
+                ids.push(Some(id));
+            }
         }
-        if inserted > 0 {
+        if unhanded {
+            if let Some(handoff) = handoff {
+                handoff.wake_on_start();
+            }
             let mut queues: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
             queues.sort_unstable();
             queues.dedup();
@@ -249,7 +350,7 @@ impl Queue {
                 self.notify_in(tx, queue).await?;
             }
         }
-        Ok(inserted)
+        Ok(ids)
     }
 
     /// On PostgreSQL, notifies the workers of every node listening for `queue` when (and only

@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::queue::{Claimed, Want};
+use crate::handoff::{Handed, Taker};
+use crate::queue::Want;
 use crate::{Error, Queue, RetrySchedule};
 
 /// What a handler decided about its job.
@@ -169,8 +170,12 @@ impl Worker {
             let wake = wake.clone();
             AbortOnDrop(tokio::spawn(listen(url, self.options.queue.clone(), wake)))
         });
+        let mut handed = self.offer_kinds();
         tokio::pin!(shutdown);
 
+        // A turn (record outcomes, claim for free slots) is due at start, on a wake-up, on the
+        // poll interval and when outcomes wait; a handed job needs none.
+        let mut turn = true;
         loop {
             if last_maintenance.is_none_or(|at| at.elapsed() >= self.options.maintenance_interval) {
                 self.maintain().await;
@@ -179,38 +184,29 @@ impl Worker {
             while let Some(result) = running.try_join_next_with_id() {
                 collect(result, &mut in_flight, &mut finished);
             }
-            let claimed = self.record_and_claim(&mut finished, true).await;
-            let claimed_any = !claimed.is_empty();
-            for (kind, job, token) in claimed {
-                let kind = &self.kinds[kind];
-                let permit = kind
-                    .slots
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("claimed no more jobs than free slots");
-                let id = job.id.clone();
-                let run = execute(
-                    self.queue.clone(),
-                    kind.handler.clone(),
-                    kind.options.clone(),
-                    job,
-                    token.clone(),
-                );
-                let handle = running.spawn(async move {
-                    let outcome = run.await;
-                    drop(permit);
-                    outcome
-                });
-                in_flight.insert(handle.id(), (id, token));
+            while let Ok(job) = handed.try_recv() {
+                self.spawn(&mut running, &mut in_flight, job.job, job.token, job.permit);
             }
-            let has_free_slot = self.kinds.iter().any(|k| k.slots.available_permits() > 0);
-            if claimed_any && has_free_slot {
-                continue;
+            if turn || !finished.is_empty() {
+                turn = false;
+                let claimed = self.record_and_claim(&mut finished, true).await;
+                let claimed_any = !claimed.is_empty();
+                for (job, token, permit) in claimed {
+                    self.spawn(&mut running, &mut in_flight, job, token, permit);
+                }
+                let has_free_slot = self.kinds.iter().any(|k| k.slots.available_permits() > 0);
+                if claimed_any && has_free_slot {
+                    turn = true;
+                    continue;
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(self.options.poll_interval) => {}
-                _ = wake.notified() => {}
+                _ = tokio::time::sleep(self.options.poll_interval) => turn = true,
+                _ = wake.notified() => turn = true,
+                Some(job) = handed.recv() => {
+                    self.spawn(&mut running, &mut in_flight, job.job, job.token, job.permit);
+                }
                 Some(result) = running.join_next_with_id(), if !running.is_empty() => {
                     collect(result, &mut in_flight, &mut finished);
                 }
@@ -218,6 +214,7 @@ impl Worker {
         }
 
         drop(listener);
+        self.withdraw_kinds();
         tracing::info!(running = running.len(), "worker stopping: no new claims");
         let deadline = tokio::time::sleep(self.options.shutdown_timeout);
         tokio::pin!(deadline);
@@ -237,7 +234,13 @@ impl Worker {
             }
         }
         self.record_and_claim(&mut finished, false).await;
-        for (job, token) in in_flight.values() {
+        // Jobs handed over since the loop ended never started: they go back unrun too.
+        handed.close();
+        let mut unfinished: Vec<(String, String)> = in_flight.into_values().collect();
+        while let Ok(job) = handed.try_recv() {
+            unfinished.push((job.job.id, job.token));
+        }
+        for (job, token) in &unfinished {
             match self.queue.release(job, token).await {
                 Ok(_) => tracing::info!(%job, "released unfinished job"),
                 Err(err) => {
@@ -248,6 +251,59 @@ impl Worker {
         Ok(())
     }
 
+    /// Offers every registered kind for hand-off at enqueue (see the `handoff` module); the
+    /// returned channel receives the handed jobs.
+    fn offer_kinds(&self) -> mpsc::UnboundedReceiver<Handed> {
+        let (to, handed) = mpsc::unbounded_channel();
+        let mut takers = self.queue.takers().lock().expect("takers lock");
+        for kind in &self.kinds {
+            takers.insert(
+                (self.options.queue.clone(), kind.name.clone()),
+                Taker {
+                    slots: kind.slots.clone(),
+                    lease: kind.options.lease,
+                    jobs: to.clone(),
+                },
+            );
+        }
+        handed
+    }
+
+    fn withdraw_kinds(&self) {
+        let mut takers = self.queue.takers().lock().expect("takers lock");
+        for kind in &self.kinds {
+            takers.remove(&(self.options.queue.clone(), kind.name.clone()));
+        }
+    }
+
+    /// Runs `job` in a task of its own, holding its slot until it finishes.
+    fn spawn(
+        &self,
+        running: &mut JoinSet<Finished>,
+        in_flight: &mut HashMap<tokio::task::Id, (String, String)>,
+        job: Job,
+        token: String,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some(kind) = self.kinds.iter().find(|k| k.name == job.kind) else {
+            return;
+        };
+        let id = job.id.clone();
+        let run = execute(
+            self.queue.clone(),
+            kind.handler.clone(),
+            kind.options.clone(),
+            job,
+            token.clone(),
+        );
+        let handle = running.spawn(async move {
+            let outcome = run.await;
+            drop(permit);
+            outcome
+        });
+        in_flight.insert(handle.id(), (id, token));
+    }
+
     /// Records `finished` outcomes (each fenced by its lease token) and, when `claim` is set,
     /// claims due jobs for every free slot, all in one write transaction. Outcomes stay in
     /// `finished` if the transaction fails, to be recorded on the next turn.
@@ -255,21 +311,23 @@ impl Worker {
         &self,
         finished: &mut Vec<Finished>,
         claim: bool,
-    ) -> Vec<(usize, Claimed, String)> {
-        let free: Vec<usize> = self
+    ) -> Vec<(Job, String, OwnedSemaphorePermit)> {
+        // The free slots are taken before the claim, since hand-offs take them too.
+        let mut slots: Vec<Option<OwnedSemaphorePermit>> = self
             .kinds
             .iter()
             .map(|k| {
-                if claim {
-                    k.slots.available_permits()
-                } else {
-                    0
+                let free = k.slots.available_permits();
+                if !claim || free == 0 {
+                    return None;
                 }
+                k.slots.clone().try_acquire_many_owned(free as u32).ok()
             })
             .collect();
-        if finished.is_empty() && free.iter().all(|n| *n == 0) {
-            return Vec::new();
-        }
+        let free: Vec<usize> = slots
+            .iter()
+            .map(|permit| permit.as_ref().map_or(0, |p| p.num_permits()))
+            .collect();
         let attempt = async {
             let mut tx = self.queue.begin_turn().await?;
             let completed: Vec<(&str, &str)> = finished
@@ -324,14 +382,9 @@ impl Worker {
             let claimed = self
                 .queue
                 .claim(&mut tx, &self.options.queue, &wants, &token)
-                .await?
-                .into_iter()
-                .filter_map(|job| {
-                    let index = self.kinds.iter().position(|k| k.name == job.kind)?;
-                    Some((index, job, token.clone()))
-                })
-                .collect::<Vec<_>>();
+                .await?;
             tx.commit().await?;
+            let claimed: Vec<_> = claimed.into_iter().map(|c| (c, token.clone())).collect();
             Ok::<_, Error>((claimed, fenced))
         };
         match attempt.await {
@@ -341,6 +394,13 @@ impl Worker {
                 }
                 finished.clear();
                 claimed
+                    .into_iter()
+                    .filter_map(|(claimed, token)| {
+                        let kind = self.kinds.iter().position(|k| k.name == claimed.kind)?;
+                        let permit = slots[kind].as_mut()?.split(1)?;
+                        Some((claimed.into_job(), token, permit))
+                    })
+                    .collect()
             }
             Err(err) => {
                 tracing::warn!(error = %err, "recording outcomes and claiming failed; retrying");
@@ -426,17 +486,9 @@ async fn execute(
     queue: Queue,
     handler: Handler,
     options: KindOptions,
-    claimed: Claimed,
+    job: Job,
     token: String,
 ) -> Finished {
-    let job = Job {
-        payload: serde_json::from_str(&claimed.payload).unwrap_or(serde_json::Value::Null),
-        attempt: u32::try_from(claimed.attempt).unwrap_or(u32::MAX),
-        max_attempts: u32::try_from(claimed.max_attempts).unwrap_or(u32::MAX),
-        lease_until: claimed.lease_until,
-        id: claimed.id,
-        kind: claimed.kind,
-    };
     let id = job.id.clone();
     let attempt = job.attempt;
     let mut work = AbortOnDrop(tokio::spawn(handler(job)));

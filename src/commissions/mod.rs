@@ -19,6 +19,8 @@ use std::time::Duration;
 use job_queue::{Job, KindOptions, NewJob, Outcome, Periodic, Worker};
 use serde_json::{json, Value};
 
+use job_queue::Handoff;
+
 use crate::app::AppState;
 use crate::campaigns::{self, CommissionRule, StoredCampaign};
 use crate::clock::rfc3339;
@@ -71,6 +73,7 @@ pub struct Conversion<'a> {
 pub async fn accrue(
     state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     partner: &StoredPartner,
     campaign: &StoredCampaign,
     conversion: &Conversion<'_>,
@@ -115,7 +118,7 @@ pub async fn accrue(
         updated_at: now,
     };
     store::insert(tx, &commission).await?;
-    announce(state, tx, &commission, "commission.accrued").await?;
+    announce(state, tx, handoff, &commission, "commission.accrued").await?;
     Ok(Some(commission))
 }
 
@@ -131,6 +134,7 @@ pub struct Refunded {
 pub async fn refund_order(
     state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     tenant_id: &str,
     order_id: &str,
 ) -> anyhow::Result<Refunded> {
@@ -144,7 +148,7 @@ pub async fn refund_order(
                 commission.refunded_at = Some(now);
                 commission.updated_at = now;
                 store::update_status(tx, &commission).await?;
-                announce(state, tx, &commission, "commission.reversed").await?;
+                announce(state, tx, handoff, &commission, "commission.reversed").await?;
                 refunded.reversed.push(commission.id);
             }
             "paid" => {
@@ -177,12 +181,13 @@ fn payload(c: &StoredCommission) -> Value {
 async fn announce(
     state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     commission: &StoredCommission,
     event_type: &str,
 ) -> anyhow::Result<()> {
     outbox::emit(
         tx,
-        &state.queue,
+        handoff,
         &state.clock,
         &commission.tenant_id,
         event_type,
@@ -225,6 +230,7 @@ pub async fn approve_matured(state: &AppState) -> anyhow::Result<usize> {
         loop {
             let now = state.clock.now_ms();
             let mut tx = state.db.write(&tenant).await?;
+            let mut handoff = state.queue.handoff();
             let due = store::matured(&mut tx, &tenant, now, APPROVE_BATCH).await?;
             let count = due.len();
             for mut commission in due {
@@ -232,10 +238,11 @@ pub async fn approve_matured(state: &AppState) -> anyhow::Result<usize> {
                 commission.approved_at = Some(now);
                 commission.updated_at = now;
                 store::update_status(&mut tx, &commission).await?;
-                announce(state, &mut tx, &commission, "commission.approved").await?;
+                let approved = "commission.approved";
+                announce(state, &mut tx, &mut handoff, &commission, approved).await?;
             }
             tx.commit().await?;
-            state.queue.committed();
+            handoff.start();
             approved += count;
             if (count as i64) < APPROVE_BATCH {
                 break;

@@ -175,6 +175,7 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
         errors.push(FieldError::new("metadata", "must be a JSON object"));
     }
     let mut tx = state.db.write(tenant_id).await?;
+    let mut handoff = state.queue.handoff();
     let region = identities::phone_region(&mut tx, tenant_id, state.config.phone_region).await?;
     let pairs = match &event.identities {
         Some(given) => given
@@ -253,7 +254,8 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
         refunded_paid_commission_ids: Vec::new(),
     };
     if event.event_type == "refund" {
-        let refunded = commissions::refund_order(state, &mut tx, tenant_id, order_id).await?;
+        let refunded =
+            commissions::refund_order(state, &mut tx, &mut handoff, tenant_id, order_id).await?;
         result.reversed_commission_ids = refunded.reversed;
         result.refunded_paid_commission_ids = refunded.already_paid;
     } else {
@@ -279,6 +281,7 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
             let attribution_id = attribution::record(
                 state,
                 &mut tx,
+                &mut handoff,
                 tenant_id,
                 &conversion_id,
                 (event_id, &event.event_type),
@@ -299,8 +302,15 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
                 currency: currency.as_deref(),
                 click_id: &click.click_id,
             };
-            let commission =
-                commissions::accrue(state, &mut tx, &partner, &campaign, &conversion).await?;
+            let commission = commissions::accrue(
+                state,
+                &mut tx,
+                &mut handoff,
+                &partner,
+                &campaign,
+                &conversion,
+            )
+            .await?;
             result.commission_id = commission.map(|c| c.id);
             result.attribution = Some(AttributionResult {
                 attribution_id,
@@ -313,7 +323,7 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
     let stored = serde_json::to_string(&result).map_err(anyhow::Error::from)?;
     store::set_result(&mut tx, tenant_id, &conversion_id, &stored).await?;
     tx.commit().await?;
-    state.queue.committed();
+    handoff.start();
     Ok(Taken::New(result))
 }
 

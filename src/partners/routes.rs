@@ -10,6 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use job_queue::Handoff;
+
 use crate::app::AppState;
 use crate::campaigns::{self, CommissionInput, CommissionRule, Partnership};
 use crate::clock::rfc3339;
@@ -117,11 +119,12 @@ fn event(p: &StoredPartner, notify: Option<bool>) -> Value {
 async fn emit(
     state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     p: &StoredPartner,
     kind: &str,
     data: Value,
 ) -> Result<()> {
-    outbox::emit(tx, &state.queue, &state.clock, &p.tenant_id, kind, data).await?;
+    outbox::emit(tx, handoff, &state.clock, &p.tenant_id, kind, data).await?;
     Ok(())
 }
 
@@ -214,6 +217,7 @@ async fn create_partner(
     validated(errors)?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
+    let mut handoff = state.queue.handoff();
     let region = identities::phone_region(&mut tx, tenant, state.config.phone_region).await?;
     let (phone, phone_error) = match &body.phone {
         Some(raw) => read_phone(raw, region),
@@ -254,6 +258,7 @@ async fn create_partner(
     emit(
         &state,
         &mut tx,
+        &mut handoff,
         &partner,
         "partner.created",
         event(&partner, None),
@@ -265,10 +270,18 @@ async fn create_partner(
             network_partner_id: network_id.clone(),
             approved_at: rfc3339(now),
         });
-        emit(&state, &mut tx, &partner, "partnership.approved", approved).await?;
+        emit(
+            &state,
+            &mut tx,
+            &mut handoff,
+            &partner,
+            "partnership.approved",
+            approved,
+        )
+        .await?;
     }
     tx.commit().await?;
-    state.queue.committed();
+    handoff.start();
     let mut created = Partner::from(partner);
     created.phone_error = phone_error;
     Ok((StatusCode::CREATED, axum::Json(created)))
@@ -507,6 +520,7 @@ async fn change_status(
 ) -> Result<axum::Json<Partner>> {
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
+    let mut handoff = state.queue.handoff();
     let mut partner = existing(&mut tx, tenant, id).await?;
     if partner.status != status {
         let now = state.clock.now_ms();
@@ -530,10 +544,18 @@ async fn change_status(
         } else {
             ("partner.activated", None)
         };
-        emit(state, &mut tx, &partner, kind, event(&partner, notify)).await?;
+        emit(
+            state,
+            &mut tx,
+            &mut handoff,
+            &partner,
+            kind,
+            event(&partner, notify),
+        )
+        .await?;
     }
     tx.commit().await?;
-    state.queue.committed();
+    handoff.start();
     Ok(axum::Json(partner.into()))
 }
 

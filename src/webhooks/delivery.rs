@@ -118,9 +118,12 @@ async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<
         .iter()
         .map(|delivery| delivery_job(tenant, delivery, &format!("deliver:{delivery}")))
         .collect();
-    state.queue.enqueue_all_in(&mut tx, &jobs).await?;
+    // Deliveries go straight to this node's worker when it has free slots (no claim, no
+    // wake-up): the handoff starts them once the fan-out has committed.
+    let mut handoff = state.queue.handoff();
+    handoff.enqueue_all_in(&mut tx, &jobs).await?;
     tx.commit().await?;
-    state.queue.committed();
+    handoff.start();
     Ok(())
 }
 
