@@ -11,6 +11,7 @@ use job_queue::Handoff;
 
 use crate::app::AppState;
 use crate::clock::rfc3339;
+use crate::commissions::Conversion;
 use crate::db::Tx;
 use crate::webhooks::catalog::AttributionEvent;
 use crate::{ids, outbox};
@@ -85,15 +86,14 @@ fn choose(candidates: Vec<Candidate>, occurred_at: i64) -> Option<Candidate> {
     }
 }
 
-/// Records the attribution of conversion `conversion_id` to `click` and announces it. Returns
-/// the attribution id.
+/// Records the attribution of `conversion` to `click` and announces it through `handoff`.
+/// Returns the attribution id.
 pub async fn record(
     state: &AppState,
     tx: &mut Tx,
     handoff: &mut Handoff,
     tenant_id: &str,
-    conversion_id: &str,
-    event: (&str, &str),
+    conversion: &Conversion<'_>,
     click: &Candidate,
     customer_id: Option<&str>,
 ) -> anyhow::Result<String> {
@@ -106,7 +106,7 @@ pub async fn record(
     )
     .bind(&id)
     .bind(tenant_id)
-    .bind(conversion_id)
+    .bind(conversion.id)
     .bind(&click.click_id)
     .bind(&click.partner_id)
     .bind(&click.campaign_id)
@@ -114,11 +114,10 @@ pub async fn record(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    let (event_id, event_type) = event;
     let data = json!(AttributionEvent {
         attribution_id: id.clone(),
-        event_id: event_id.to_owned(),
-        event_type: event_type.to_owned(),
+        event_id: conversion.event_id.to_owned(),
+        event_type: conversion.event_type.to_owned(),
         partner_id: click.partner_id.clone(),
         campaign_id: click.campaign_id.clone(),
         click_id: click.click_id.clone(),

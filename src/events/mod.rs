@@ -278,20 +278,6 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
             None => None,
         };
         if let Some(click) = click {
-            let attribution_id = attribution::record(
-                state,
-                &mut tx,
-                &mut handoff,
-                tenant_id,
-                &conversion_id,
-                (event_id, &event.event_type),
-                &click,
-                customer_id.as_deref(),
-            )
-            .await?;
-            let partner = partners::existing(&mut tx, tenant_id, &click.partner_id).await?;
-            let campaign =
-                campaigns::routes::existing(&mut tx, tenant_id, &click.campaign_id).await?;
             let conversion = Conversion {
                 id: &conversion_id,
                 event_id,
@@ -302,6 +288,19 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
                 currency: currency.as_deref(),
                 click_id: &click.click_id,
             };
+            let attribution_id = attribution::record(
+                state,
+                &mut tx,
+                &mut handoff,
+                tenant_id,
+                &conversion,
+                &click,
+                customer_id.as_deref(),
+            )
+            .await?;
+            let partner = partners::existing(&mut tx, tenant_id, &click.partner_id).await?;
+            let campaign =
+                campaigns::routes::existing(&mut tx, tenant_id, &click.campaign_id).await?;
             let commission = commissions::accrue(
                 state,
                 &mut tx,
