@@ -133,14 +133,17 @@ impl Drop for Handoff {
 /// Returns a handed job that will not run here to `available` (a no-op if its transaction
 /// never committed).
 pub(crate) fn give_back(queue: &Queue, handed: Handed) {
+    let Handed {
+        job, token, permit, ..
+    } = handed;
+    drop(permit); // The slot is free at once, not when the release has run.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // No runtime left: the reaper returns it when the lease expires.
     };
     let queue = queue.clone();
     runtime.spawn(async move {
-        drop(handed.permit);
-        if let Err(err) = queue.release(&handed.job.id, &handed.token).await {
-            tracing::warn!(job = %handed.job.id, error = %err,
+        if let Err(err) = queue.release(&job.id, &token).await {
+            tracing::warn!(job = %job.id, error = %err,
                 "giving back a handed job failed; the reaper will return it");
         }
     });

@@ -174,10 +174,15 @@ impl Worker {
         tokio::pin!(shutdown);
 
         // A turn (record outcomes, claim for free slots) is due at start, on a wake-up, on the
-        // poll interval and when outcomes wait; a handed job needs none.
+        // poll interval and when outcomes wait. It runs beside the loop, so a job handed over
+        // or finishing meanwhile is taken at once rather than after the turn's transaction.
         let mut turn = true;
+        let mut turning: Option<Pin<Box<dyn Future<Output = Turn> + Send + '_>>> = None;
         loop {
-            if last_maintenance.is_none_or(|at| at.elapsed() >= self.options.maintenance_interval) {
+            if turning.is_none()
+                && last_maintenance
+                    .is_none_or(|at| at.elapsed() >= self.options.maintenance_interval)
+            {
                 self.maintain().await;
                 last_maintenance = Some(Instant::now());
             }
@@ -187,18 +192,11 @@ impl Worker {
             while let Ok(job) = handed.try_recv() {
                 self.spawn(&mut running, &mut in_flight, job.job, job.token, job.permit);
             }
-            if turn || !finished.is_empty() {
+            if turning.is_none() && (turn || !finished.is_empty()) {
                 turn = false;
-                let claimed = self.record_and_claim(&mut finished, true).await;
-                let claimed_any = !claimed.is_empty();
-                for (job, token, permit) in claimed {
-                    self.spawn(&mut running, &mut in_flight, job, token, permit);
-                }
-                let has_free_slot = self.kinds.iter().any(|k| k.slots.available_permits() > 0);
-                if claimed_any && has_free_slot {
-                    turn = true;
-                    continue;
-                }
+                turning = Some(Box::pin(
+                    self.record_and_claim(std::mem::take(&mut finished), true),
+                ));
             }
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -210,6 +208,26 @@ impl Worker {
                 Some(result) = running.join_next_with_id(), if !running.is_empty() => {
                     collect(result, &mut in_flight, &mut finished);
                 }
+                done = async { turning.as_mut().expect("guarded").await }, if turning.is_some() => {
+                    turning = None;
+                    finished.extend(done.unrecorded);
+                    let claimed_any = !done.claimed.is_empty();
+                    for (job, token, permit) in done.claimed {
+                        self.spawn(&mut running, &mut in_flight, job, token, permit);
+                    }
+                    if claimed_any && self.kinds.iter().any(|k| k.slots.available_permits() > 0) {
+                        turn = true;
+                    }
+                }
+            }
+        }
+        // A turn under way finishes: its outcomes are recorded, and what it claimed runs
+        // within the shutdown timeout below like any running job.
+        if let Some(turning) = turning.take() {
+            let done = turning.await;
+            finished.extend(done.unrecorded);
+            for (job, token, permit) in done.claimed {
+                self.spawn(&mut running, &mut in_flight, job, token, permit);
             }
         }
 
@@ -233,7 +251,10 @@ impl Worker {
                 }
             }
         }
-        self.record_and_claim(&mut finished, false).await;
+        let done = self.record_and_claim(finished, false).await;
+        for unrecorded in done.unrecorded {
+            tracing::warn!(job = %unrecorded.id, "outcome not recorded at shutdown; the job runs again");
+        }
         // Jobs handed over since the loop ended never started: they go back unrun too.
         handed.close();
         let mut unfinished: Vec<(String, String)> = in_flight.into_values().collect();
@@ -305,13 +326,9 @@ impl Worker {
     }
 
     /// Records `finished` outcomes (each fenced by its lease token) and, when `claim` is set,
-    /// claims due jobs for every free slot, all in one write transaction. Outcomes stay in
-    /// `finished` if the transaction fails, to be recorded on the next turn.
-    async fn record_and_claim(
-        &self,
-        finished: &mut Vec<Finished>,
-        claim: bool,
-    ) -> Vec<(Job, String, OwnedSemaphorePermit)> {
+    /// claims due jobs for every free slot, all in one write transaction. If the transaction
+    /// fails, the outcomes come back unrecorded, for the next turn.
+    async fn record_and_claim(&self, finished: Vec<Finished>, claim: bool) -> Turn {
         // The free slots are taken before the claim, since hand-offs take them too.
         let mut slots: Vec<Option<OwnedSemaphorePermit>> = self
             .kinds
@@ -328,6 +345,9 @@ impl Worker {
             .iter()
             .map(|permit| permit.as_ref().map_or(0, |p| p.num_permits()))
             .collect();
+        if finished.is_empty() && free.iter().all(|n| *n == 0) {
+            return Turn::default();
+        }
         let attempt = async {
             let mut tx = self.queue.begin_turn().await?;
             let completed: Vec<(&str, &str)> = finished
@@ -392,19 +412,25 @@ impl Worker {
                 for job in fenced {
                     tracing::warn!(%job, "outcome discarded: the lease had passed to another run");
                 }
-                finished.clear();
-                claimed
+                let claimed = claimed
                     .into_iter()
                     .filter_map(|(claimed, token)| {
                         let kind = self.kinds.iter().position(|k| k.name == claimed.kind)?;
                         let permit = slots[kind].as_mut()?.split(1)?;
                         Some((claimed.into_job(), token, permit))
                     })
-                    .collect()
+                    .collect();
+                Turn {
+                    unrecorded: Vec::new(),
+                    claimed,
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "recording outcomes and claiming failed; retrying");
-                Vec::new()
+                Turn {
+                    unrecorded: finished,
+                    claimed: Vec::new(),
+                }
             }
         }
     }
@@ -453,6 +479,14 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What a turn left: outcomes it could not record, and the jobs it claimed with their tokens
+/// and slots.
+#[derive(Default)]
+struct Turn {
+    unrecorded: Vec<Finished>,
+    claimed: Vec<(Job, String, OwnedSemaphorePermit)>,
 }
 
 /// A handler's decision, ready to record: retry delays are resolved from the kind's schedule.
