@@ -177,6 +177,9 @@ impl Worker {
         // poll interval and when outcomes wait. It runs beside the loop, so a job handed over
         // or finishing meanwhile is taken at once rather than after the turn's transaction.
         let mut turn = true;
+        // Set while claims find jobs (or no room for them): more may be due. While it is clear,
+        // a turn for outcomes alone does not claim.
+        let mut backlog = false;
         let mut turning: Option<Pin<Box<dyn Future<Output = Turn> + Send + '_>>> = None;
         loop {
             if turning.is_none()
@@ -193,9 +196,12 @@ impl Worker {
                 self.spawn(&mut running, &mut in_flight, job.job, job.token, job.permit);
             }
             if turning.is_none() && (turn || !finished.is_empty()) {
+                // A turn for outcomes alone claims only when jobs may be waiting: new ones
+                // always come with a wake-up or a hand-off.
+                let claim = turn || backlog;
                 turn = false;
                 turning = Some(Box::pin(
-                    self.record_and_claim(std::mem::take(&mut finished), true),
+                    self.record_and_claim(std::mem::take(&mut finished), claim),
                 ));
             }
             tokio::select! {
@@ -211,6 +217,9 @@ impl Worker {
                 done = async { turning.as_mut().expect("guarded").await }, if turning.is_some() => {
                     turning = None;
                     finished.extend(done.unrecorded);
+                    if let Some(filled) = done.filled {
+                        backlog = filled;
+                    }
                     let claimed_any = !done.claimed.is_empty();
                     for (job, token, permit) in done.claimed {
                         self.spawn(&mut running, &mut in_flight, job, token, permit);
@@ -345,8 +354,14 @@ impl Worker {
             .iter()
             .map(|permit| permit.as_ref().map_or(0, |p| p.num_permits()))
             .collect();
+        // A claim wanted while some kind has every slot busy may leave that kind's jobs for
+        // when a slot frees.
+        let no_room = claim && free.contains(&0);
         if finished.is_empty() && free.iter().all(|n| *n == 0) {
-            return Turn::default();
+            return Turn {
+                filled: no_room.then_some(true),
+                ..Turn::default()
+            };
         }
         let attempt = async {
             let mut tx = self.queue.begin_turn().await?;
@@ -409,6 +424,7 @@ impl Worker {
         };
         match attempt.await {
             Ok((claimed, fenced)) => {
+                let filled = claim.then_some(no_room || !claimed.is_empty());
                 for job in fenced {
                     tracing::warn!(%job, "outcome discarded: the lease had passed to another run");
                 }
@@ -423,6 +439,7 @@ impl Worker {
                 Turn {
                     unrecorded: Vec::new(),
                     claimed,
+                    filled,
                 }
             }
             Err(err) => {
@@ -430,6 +447,7 @@ impl Worker {
                 Turn {
                     unrecorded: finished,
                     claimed: Vec::new(),
+                    filled: None,
                 }
             }
         }
@@ -487,6 +505,9 @@ impl<T> Drop for AbortOnDrop<T> {
 struct Turn {
     unrecorded: Vec<Finished>,
     claimed: Vec<(Job, String, OwnedSemaphorePermit)>,
+    /// Whether a claim was wanted and found jobs, or found some kind without a free slot:
+    /// either way more jobs may be waiting. `None` when no claim was wanted.
+    filled: Option<bool>,
 }
 
 /// A handler's decision, ready to record: retry delays are resolved from the kind's schedule.
