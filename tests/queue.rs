@@ -33,6 +33,7 @@ on_both_engines!(
     a_snoozed_job_waits_without_using_an_attempt,
     jobs_handed_over_at_enqueue_run_at_commit_without_a_claim,
     a_handoff_that_is_not_started_gives_its_jobs_back,
+    a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy,
 );
 
 struct Fixture {
@@ -818,4 +819,57 @@ async fn a_handoff_that_is_not_started_gives_its_jobs_back(engine: Engine) {
     handoff.start();
     wait_for_jobs(&f.queue, "ping", &[("done", 1), ("available", 0)]).await;
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+async fn a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy(engine: Engine) {
+    let f = fixture(engine).await;
+    let options = WorkerOptions {
+        poll_interval: Duration::from_millis(50),
+        ..idle()
+    };
+    let later_ran = Arc::new(Notify::new());
+    let worker = Worker::new(f.queue.clone(), options)
+        .register("ping", KindOptions::default(), |_job| async {
+            Outcome::Done
+        })
+        .register("later", one_at_a_time(), {
+            let later_ran = later_ran.clone();
+            move |_job| {
+                let later_ran = later_ran.clone();
+                async move {
+                    later_ran.notify_one();
+                    Outcome::Done
+                }
+            }
+        });
+    let (stop, handle) = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let due = f.clock.now_ms() + 200;
+    f.queue
+        .enqueue(NewJob::new("later", json!({})).run_at(due))
+        .await
+        .unwrap();
+
+    // A handed job every 10 ms keeps the worker's loop busy, and none of them wakes it to claim.
+    let busy = async {
+        loop {
+            let mut tx = f.db.write_global().await.unwrap();
+            let mut handoff = f.queue.handoff();
+            handoff
+                .enqueue_in(&mut tx, NewJob::new("ping", json!({})))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            handoff.start();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = busy => unreachable!(),
+        _ = later_ran.notified() => {}
+        _ = tokio::time::sleep(Duration::from_secs(3)) => panic!("the due job waited for the worker to go idle"),
+    }
+    assert!(f.clock.now_ms() >= due);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
 }

@@ -181,6 +181,10 @@ impl Worker {
         // a turn for outcomes alone does not claim.
         let mut backlog = false;
         let mut turning: Option<Pin<Box<dyn Future<Output = Turn> + Send + '_>>> = None;
+        // A ticker, not a sleep renewed every iteration: a busy loop still polls on time, for
+        // jobs that fall due without a wake-up (retries, scheduled runs).
+        let mut poll = tokio::time::interval(self.options.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if turning.is_none()
                 && last_maintenance
@@ -206,7 +210,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(self.options.poll_interval) => turn = true,
+                _ = poll.tick() => turn = true,
                 _ = wake.notified() => turn = true,
                 Some(job) = handed.recv() => {
                     self.spawn(&mut running, &mut in_flight, job.job, job.token, job.permit);
