@@ -221,8 +221,8 @@ impl Worker {
                 done = async { turning.as_mut().expect("guarded").await }, if turning.is_some() => {
                     turning = None;
                     finished.extend(done.unrecorded);
-                    if let Some(filled) = done.filled {
-                        backlog = filled;
+                    if let Some(more_due) = done.more_due {
+                        backlog = more_due;
                     }
                     let claimed_any = !done.claimed.is_empty();
                     for (job, token, permit) in done.claimed {
@@ -363,7 +363,7 @@ impl Worker {
         let no_room = claim && free.contains(&0);
         if finished.is_empty() && free.iter().all(|n| *n == 0) {
             return Turn {
-                filled: no_room.then_some(true),
+                more_due: no_room.then_some(true),
                 ..Turn::default()
             };
         }
@@ -423,27 +423,26 @@ impl Worker {
                 .claim(&mut tx, &self.options.queue, &wants, &token)
                 .await?;
             tx.commit().await?;
-            let claimed: Vec<_> = claimed.into_iter().map(|c| (c, token.clone())).collect();
-            Ok::<_, Error>((claimed, fenced))
+            Ok::<_, Error>((claimed, fenced, token))
         };
         match attempt.await {
-            Ok((claimed, fenced)) => {
-                let filled = claim.then_some(no_room || !claimed.is_empty());
+            Ok((claimed, fenced, token)) => {
+                let more_due = claim.then_some(no_room || !claimed.is_empty());
                 for job in fenced {
                     tracing::warn!(%job, "outcome discarded: the lease had passed to another run");
                 }
                 let claimed = claimed
                     .into_iter()
-                    .filter_map(|(claimed, token)| {
+                    .filter_map(|claimed| {
                         let kind = self.kinds.iter().position(|k| k.name == claimed.kind)?;
                         let permit = slots[kind].as_mut()?.split(1)?;
-                        Some((claimed.into_job(), token, permit))
+                        Some((claimed.into_job(), token.clone(), permit))
                     })
                     .collect();
                 Turn {
                     unrecorded: Vec::new(),
                     claimed,
-                    filled,
+                    more_due,
                 }
             }
             Err(err) => {
@@ -451,7 +450,7 @@ impl Worker {
                 Turn {
                     unrecorded: finished,
                     claimed: Vec::new(),
-                    filled: None,
+                    more_due: None,
                 }
             }
         }
@@ -511,7 +510,7 @@ struct Turn {
     claimed: Vec<(Job, String, OwnedSemaphorePermit)>,
     /// Whether a claim was wanted and found jobs, or found some kind without a free slot:
     /// either way more jobs may be waiting. `None` when no claim was wanted.
-    filled: Option<bool>,
+    more_due: Option<bool>,
 }
 
 /// A handler's decision, ready to record: retry delays are resolved from the kind's schedule.
