@@ -21,6 +21,7 @@ on_both_engines!(
     a_refund_of_a_paid_commission_is_recorded_not_clawed_back,
     one_bad_event_does_not_sink_its_batch,
     a_conversion_waits_for_its_click_to_be_written,
+    a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -540,6 +541,45 @@ async fn a_conversion_waits_for_its_click_to_be_written(engine: Engine) {
         "{result}"
     );
     assert_eq!(result["attribution"]["partner_id"], partner_id.as_str());
+    holder.close().await;
+    srv.stop().await;
+}
+
+/// A click answered while its partner was active is stored as not revoked, even when its write
+/// is held up (another connection locks `clicks`) until after a revoke was requested: the
+/// revoke waits for the router's buffer first. (On PostgreSQL, without that wait, the revoke
+/// commits first and the click is stored flagged, never to be attributed.)
+async fn a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, partner, key) = program(&srv, "p@example.com", json!({})).await;
+    let (holder, lock) = srv.lock_clicks().await;
+    let before = click(&srv, &key).await;
+    let revoke = format!("/v1/partners/{partner}/revoke");
+    let revoked = srv.post(&revoke, &srv.admin_key, json!({}));
+    let released = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.rollback().await.unwrap();
+    };
+    let ((status, _), ()) = tokio::join!(revoked, released);
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = srv
+        .post(
+            &format!("/v1/partners/{partner}/reinstate"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, result) = event(
+        &srv,
+        json!({"event_id": "e-before", "type": "signup", "click_id": before}),
+    )
+    .await;
+    assert_eq!(
+        result["attribution"]["click_id"],
+        before.as_str(),
+        "{result}"
+    );
     holder.close().await;
     srv.stop().await;
 }

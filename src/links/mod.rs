@@ -15,7 +15,9 @@
 //! - A request that names a click (events, identities) first waits for [`Links::flush`], so a
 //!   click answered by this node is in the database before it is looked up.
 //! - Whether a click belongs to a revoked partner is decided by the insert's transaction, from
-//!   the partner's status at that moment, not from the cache.
+//!   the partner's status at that moment, not from the cache. Revoking or reinstating a partner
+//!   first waits for [`Links::flush`], so a click this node answered before the change carries
+//!   the status it was made under.
 
 pub mod routes;
 pub mod store;

@@ -518,6 +518,10 @@ async fn change_status(
     reason: Option<String>,
     notify: bool,
 ) -> Result<axum::Json<Partner>> {
+    // A click's revoked flag is the partner's status when the click is stored (see `links`).
+    // Clicks this node answered before the change are stored first, so they carry the status
+    // they were made under.
+    state.links.flush().await;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
     let mut handoff = state.queue.handoff();
