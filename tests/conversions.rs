@@ -527,12 +527,8 @@ async fn a_conversion_waits_for_its_click_to_be_written(engine: Engine) {
         let answer = event(&srv, body).await;
         (answer, std::time::Instant::now())
     };
-    let released = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        lock.rollback().await.unwrap();
-        std::time::Instant::now()
-    };
-    let (((status, result), answered_at), released_at) = tokio::join!(converted, released);
+    let (((status, result), answered_at), released_at) =
+        tokio::join!(converted, release_after(lock, Duration::from_millis(300)));
     assert_eq!(status, StatusCode::CREATED, "{result}");
     assert!(answered_at >= released_at, "the event waited for the click");
     assert_eq!(
@@ -556,11 +552,7 @@ async fn a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up(en
     let before = click(&srv, &key).await;
     let revoke = format!("/v1/partners/{partner}/revoke");
     let revoked = srv.post(&revoke, &srv.admin_key, json!({}));
-    let released = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        lock.rollback().await.unwrap();
-    };
-    let ((status, _), ()) = tokio::join!(revoked, released);
+    let ((status, _), _) = tokio::join!(revoked, release_after(lock, Duration::from_millis(300)));
     assert_eq!(status, StatusCode::OK);
     let (status, _) = srv
         .post(
@@ -582,4 +574,14 @@ async fn a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up(en
     );
     holder.close().await;
     srv.stop().await;
+}
+
+/// Releases a lock from [`TestServer::lock_clicks`] after `delay`; returns when it did.
+async fn release_after(
+    lock: sqlx::Transaction<'static, sqlx::Any>,
+    delay: Duration,
+) -> std::time::Instant {
+    tokio::time::sleep(delay).await;
+    lock.rollback().await.unwrap();
+    std::time::Instant::now()
 }

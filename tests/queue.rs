@@ -114,6 +114,17 @@ async fn wait_for_state(queue: &Queue, id: &str, state: &str) {
     panic!("job {id} never reached {state}: {:?}", job(queue, id).await);
 }
 
+/// A handler that signals `ran` each time it runs a job, and is done.
+fn signals(
+    ran: &Arc<Notify>,
+) -> impl Fn(Job) -> std::future::Ready<Outcome> + Send + Sync + 'static {
+    let ran = ran.clone();
+    move |_job| {
+        ran.notify_one();
+        std::future::ready(Outcome::Done)
+    }
+}
+
 /// Starts `worker`; the returned sender stops it, and the handle ends when it has stopped.
 fn spawn(worker: Worker) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
@@ -558,16 +569,8 @@ async fn an_idle_worker_wakes_for_a_committed_job_without_waiting_for_its_poll(e
         ..WorkerOptions::default()
     };
     let ran = Arc::new(Notify::new());
-    let worker = Worker::new(f.queue.clone(), options).register("ping", one_at_a_time(), {
-        let ran = ran.clone();
-        move |_job| {
-            let ran = ran.clone();
-            async move {
-                ran.notify_one();
-                Outcome::Done
-            }
-        }
-    });
+    let worker =
+        Worker::new(f.queue.clone(), options).register("ping", one_at_a_time(), signals(&ran));
     let (stop, handle) = spawn(worker);
     tokio::time::sleep(Duration::from_millis(300)).await; // idle: its first poll found nothing
 
@@ -832,16 +835,7 @@ async fn a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy(e
         .register("ping", KindOptions::default(), |_job| async {
             Outcome::Done
         })
-        .register("later", one_at_a_time(), {
-            let later_ran = later_ran.clone();
-            move |_job| {
-                let later_ran = later_ran.clone();
-                async move {
-                    later_ran.notify_one();
-                    Outcome::Done
-                }
-            }
-        });
+        .register("later", one_at_a_time(), signals(&later_ran));
     let (stop, handle) = spawn(worker);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let due = f.clock.now_ms() + 200;
