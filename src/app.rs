@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::db::{Db, Dialect, GroupCommit, TENANT_SETTING};
+use crate::db::{Db, Dialect, TENANT_SETTING};
 use crate::http::ops::Metrics;
 use crate::http::rate_limit::RateLimits;
 use crate::keys::{self, IssuedKey, KeyKind, NewKey};
@@ -52,8 +52,8 @@ pub struct Shared {
     pub limits: Arc<RateLimits>,
     pub metrics: Arc<Metrics>,
     pub links: Arc<Links>,
-    /// Successful webhook attempts, group-committed.
-    pub webhook_successes: GroupCommit<crate::webhooks::store::Success>,
+    /// The webhook delivery path's batched fan-outs, reads and success records.
+    pub webhooks: crate::webhooks::delivery::Batches,
 }
 
 /// The default tenant and admin key created on first start: shown once.
@@ -174,7 +174,11 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let state = AppState(Arc::new(Shared {
         queue: queue.clone(),
         outbound,
-        webhook_successes: crate::webhooks::delivery::success_recorder(db.clone()),
+        webhooks: crate::webhooks::delivery::Batches::start(
+            db.clone(),
+            queue.clone(),
+            clock.clone(),
+        ),
         db,
         clock,
         secrets,

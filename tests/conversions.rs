@@ -519,7 +519,7 @@ async fn one_bad_event_does_not_sink_its_batch(engine: Engine) {
 async fn a_conversion_waits_for_its_click_to_be_written(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let (_, partner_id, key) = program(&srv, "p@example.com", json!({})).await;
-    let (holder, lock) = srv.lock_clicks().await;
+    let (holder, lock) = srv.lock_table("clicks").await;
     let click_id = click(&srv, &key).await;
     let body = json!({"event_id": "evt-1", "type": "purchase", "click_id": click_id,
                       "amount": 1000, "currency": "EUR"});
@@ -548,7 +548,7 @@ async fn a_conversion_waits_for_its_click_to_be_written(engine: Engine) {
 async fn a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up(engine: Engine) {
     let srv = TestServer::start(engine).await;
     let (_, partner, key) = program(&srv, "p@example.com", json!({})).await;
-    let (holder, lock) = srv.lock_clicks().await;
+    let (holder, lock) = srv.lock_table("clicks").await;
     let before = click(&srv, &key).await;
     let revoke = format!("/v1/partners/{partner}/revoke");
     let revoked = srv.post(&revoke, &srv.admin_key, json!({}));
@@ -576,7 +576,7 @@ async fn a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up(en
     srv.stop().await;
 }
 
-/// Releases a lock from [`TestServer::lock_clicks`] after `delay`; returns when it did.
+/// Releases a lock from [`TestServer::lock_table`] after `delay`; returns when it did.
 async fn release_after(
     lock: sqlx::Transaction<'static, sqlx::Any>,
     delay: Duration,

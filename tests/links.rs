@@ -380,7 +380,7 @@ async fn concurrent_clicks_are_all_stored_by_a_clean_shutdown(engine: Engine) {
     let (_, _, link) = linked(&srv, json!({})).await;
     let url = srv.url(&format!("/r/{}", link["key"].as_str().unwrap()));
 
-    let (holder, lock) = srv.lock_clicks().await;
+    let (holder, lock) = srv.lock_table("clicks").await;
 
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Engine, TestDb, TestServer};
@@ -725,15 +725,16 @@ async fn wait_for_jobs(queue: &Queue, kind: &str, expected: &[(&str, i64)]) {
 
 async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engine) {
     let f = fixture(engine).await;
-    let ran = Arc::new(AtomicUsize::new(0));
+    // Each run's in-memory context, if it got one.
+    let ran: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
     let two_at_a_time = KindOptions {
         concurrency: 2,
         ..KindOptions::default()
     };
     let worker = Worker::new(f.queue.clone(), idle()).register("ping", two_at_a_time, {
         let ran = ran.clone();
-        move |_job| {
-            ran.fetch_add(1, Ordering::SeqCst);
+        move |job: Job| {
+            ran.lock().unwrap().push(job.local::<u64>().copied());
             async { Outcome::Done }
         }
     });
@@ -741,7 +742,7 @@ async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engin
     tokio::time::sleep(Duration::from_millis(300)).await; // idle: its first turn found nothing
 
     let batch: Vec<NewJob> = (0..3)
-        .map(|n| NewJob::new("ping", json!({ "n": n })))
+        .map(|n: u64| NewJob::new("ping", json!({ "n": n })).local(n))
         .collect();
     let mut tx = f.db.write_global().await.unwrap();
     let mut handoff = f.queue.handoff();
@@ -757,9 +758,8 @@ async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engin
         ],
         "handed jobs are leased by their insert"
     );
-    assert_eq!(
-        ran.load(Ordering::SeqCst),
-        0,
+    assert!(
+        ran.lock().unwrap().is_empty(),
         "nothing runs before the start"
     );
 
@@ -767,7 +767,13 @@ async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engin
     // the worker for it). The worker would not look by itself for 30 s.
     handoff.start();
     wait_for_jobs(&f.queue, "ping", &[("done", 1), ("done", 1), ("done", 1)]).await;
-    assert_eq!(ran.load(Ordering::SeqCst), 3);
+    let mut contexts = ran.lock().unwrap().clone();
+    contexts.sort();
+    assert_eq!(
+        contexts,
+        [None, Some(0), Some(1)],
+        "handed runs carry their enqueuer's context; the claimed one reads only its payload"
+    );
     stop.send(()).unwrap();
     handle.await.unwrap();
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::receiver::{verify_with_reference_library, Receiver};
-use common::{assert_problem, Engine, TestServer};
+use common::{assert_problem, create_tenant, Engine, TestServer};
 use serde_json::{json, Value};
 
 on_both_engines!(
@@ -22,6 +22,7 @@ on_both_engines!(
     a_test_fire_reaches_the_endpoint_whatever_its_filter,
     a_rate_limited_endpoint_gets_every_delivery_in_its_own_time,
     an_endpoint_failing_past_the_window_is_disabled,
+    messages_fanned_out_together_reach_each_subscriber_once,
 );
 
 async fn subscribe(srv: &TestServer, url: &str, types: Value) -> Value {
@@ -37,14 +38,19 @@ async fn subscribe(srv: &TestServer, url: &str, types: Value) -> Value {
 }
 
 async fn emit(srv: &TestServer, event_type: &str, data: Value) -> String {
+    emit_for(srv, &srv.tenant_id, event_type, data).await
+}
+
+/// Emits as a slice of `tenant` does: in a committed transaction, its handoff started.
+async fn emit_for(srv: &TestServer, tenant: &str, event_type: &str, data: Value) -> String {
     let state = &srv.running.as_ref().unwrap().state;
-    let mut tx = state.db.write(&srv.tenant_id).await.unwrap();
+    let mut tx = state.db.write(tenant).await.unwrap();
     let mut handoff = state.queue.handoff();
     let id = switchyard::outbox::emit(
         &mut tx,
         &mut handoff,
         &state.clock,
-        &srv.tenant_id,
+        tenant,
         event_type,
         data,
     )
@@ -726,4 +732,90 @@ async fn an_endpoint_failing_past_the_window_is_disabled(engine: Engine) {
         "no delivery is created for it"
     );
     srv.stop().await;
+}
+
+async fn messages_fanned_out_together_reach_each_subscriber_once(engine: Engine) {
+    let srv = std::sync::Arc::new(TestServer::start(engine).await);
+    let (beta, beta_key) = create_tenant(&srv, "beta").await;
+    let (mut accrued, mut paid, mut beta_all) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let accrued_ep = subscribe(&srv, &accrued.url, json!(["commission.accrued"])).await;
+    let paid_ep = subscribe(&srv, &paid.url, json!(["payout.paid"])).await;
+    let (status, beta_ep) = srv
+        .post(
+            "/v1/webhooks",
+            &beta_key,
+            json!({"url": beta_all.url, "event_types": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{beta_ep}");
+
+    // Deliveries cannot be written while the lock is held, so the fan-outs of everything emitted
+    // meanwhile wait and then go out together (on PostgreSQL, where the emits themselves do not
+    // wait: messages of both tenants and both types in one fan-out transaction).
+    let (holder, lock) = srv.lock_table("deliveries").await;
+    let mut emitted = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let srv = srv.clone();
+        let (tenant, event_type) = match n % 3 {
+            0 => (srv.tenant_id.clone(), "commission.accrued"),
+            1 => (srv.tenant_id.clone(), "payout.paid"),
+            _ => (beta.clone(), "commission.accrued"),
+        };
+        emitted.spawn(async move {
+            let id = emit_for(&srv, &tenant, event_type, json!({ "n": n })).await;
+            (n, id)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+    holder.close().await;
+    let mut sent = std::collections::HashMap::new();
+    while let Some(done) = emitted.join_next().await {
+        let (n, id) = done.unwrap();
+        sent.insert(id, n);
+    }
+
+    for (receiver, endpoint, residue) in [
+        (&mut accrued, &accrued_ep, 0),
+        (&mut paid, &paid_ep, 1),
+        (&mut beta_all, &beta_ep, 2),
+    ] {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let delivery = receiver.next().await;
+            let envelope: Value = serde_json::from_slice(&delivery.body).unwrap();
+            let id = envelope["id"].as_str().unwrap().to_owned();
+            assert_eq!(
+                envelope["data"]["n"].as_i64(),
+                sent.get(&id).copied(),
+                "each delivery carries its own message"
+            );
+            assert_eq!(delivery.headers["webhook-id"], id.as_str());
+            let secret = endpoint["secret"].as_str().unwrap();
+            let timestamp: i64 = delivery.headers["webhook-timestamp"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let expected =
+                switchyard::webhooks::signing::sign(secret, &id, timestamp, &delivery.body)
+                    .unwrap();
+            assert_eq!(
+                delivery.headers["webhook-signature"],
+                expected.as_str(),
+                "signed with its own endpoint's secret"
+            );
+            got.push(envelope["data"]["n"].as_i64().unwrap());
+        }
+        got.sort_unstable();
+        let expected: Vec<i64> = (0..12).filter(|n| n % 3 == residue).collect();
+        assert_eq!(got, expected, "every message of its tenant and types, once");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!accrued.has_more() && !paid.has_more() && !beta_all.has_more());
+    std::sync::Arc::into_inner(srv).unwrap().stop().await;
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use handoff::Handoff;
 pub use periodic::Periodic;
-pub use queue::{Enqueued, KindStats, NewJob, Queue, Stats};
+pub use queue::{Enqueued, KindStats, Local, NewJob, Queue, Stats};
 pub use schedule::RetrySchedule;
 pub use worker::{Job, KindOptions, Outcome, Worker, WorkerOptions};
 

@@ -22,7 +22,13 @@ pub struct NewJob {
     pub dedupe_key: Option<String>,
     /// Higher runs first among jobs that are due.
     pub priority: i32,
+    /// In-memory context for the handler, never stored: it reaches [`Job::local`] only when the
+    /// job is handed over at enqueue (see [`Handoff`]), so a handler must do without it.
+    pub(crate) local: Option<Local>,
 }
+
+/// What a job may carry in memory from its enqueue to its handler (see [`NewJob::local`]).
+pub type Local = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 impl NewJob {
     /// A job on the `default` queue with 25 attempts, due now.
@@ -35,6 +41,7 @@ impl NewJob {
             max_attempts: 25,
             dedupe_key: None,
             priority: 0,
+            local: None,
         }
     }
 
@@ -60,6 +67,13 @@ impl NewJob {
 
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Lets a handed-over run of this job read `context` through [`Job::local`] (for instance
+    /// rows the enqueuing transaction has just read, to spare the handler a round trip).
+    pub fn local(mut self, context: impl std::any::Any + Send + Sync) -> Self {
+        self.local = Some(std::sync::Arc::new(context));
         self
     }
 }
@@ -98,6 +112,7 @@ impl Claimed {
             lease_until: self.lease_until,
             id: self.id,
             kind: self.kind,
+            local: None,
         }
     }
 }
@@ -329,6 +344,7 @@ impl Queue {
                             attempt: 1,
                             max_attempts: job.max_attempts.max(1),
                             lease_until: taken.lease_until,
+                            local: job.local.clone(),
                         },
                         token: taken.token,
                         permit: taken.permit,

@@ -59,6 +59,16 @@ pub struct Job {
     /// When the lease taken for this run expires (Unix ms); the worker extends it while the
     /// handler runs.
     pub lease_until: i64,
+    /// The enqueuer's in-memory context ([`crate::NewJob::local`]), on a run handed over at
+    /// enqueue only.
+    pub(crate) local: Option<crate::queue::Local>,
+}
+
+impl Job {
+    /// The enqueuer's in-memory context when this run was handed over at enqueue and it is a `T`.
+    pub fn local<T: std::any::Any>(&self) -> Option<&T> {
+        self.local.as_deref()?.downcast_ref()
+    }
 }
 
 /// How one kind of job runs.

@@ -22,7 +22,7 @@ pub mod store;
 
 use std::time::{Duration, Instant};
 
-use job_queue::{Job, KindOptions, NewJob, Outcome, RetrySchedule, Worker};
+use job_queue::{Job, KindOptions, NewJob, Outcome, Queue, RetrySchedule, Worker};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -143,12 +143,13 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 /// Schedules the fires of a `commission.*` message to its partner's subscribed postbacks, in
 /// the dispatch's transaction.
 pub async fn fan_out(
-    state: &AppState,
+    queue: &Queue,
     tx: &mut Tx,
     tenant_id: &str,
     message_id: &str,
     event_type: &str,
     data: &Value,
+    now: i64,
 ) -> anyhow::Result<()> {
     if !TYPES.contains(&event_type) {
         return Ok(());
@@ -157,7 +158,6 @@ pub async fn fan_out(
         return Ok(());
     };
     let values = macros(event_type, data);
-    let now = state.clock.now_ms();
     for postback in store::subscribed(tx, tenant_id, partner_id, event_type).await? {
         let fire = ids::new("pbf");
         let url = render(&postback.url_template, &values);
@@ -165,7 +165,7 @@ pub async fn fan_out(
             let job = NewJob::new(FIRE, json!({ "tenant_id": tenant_id, "fire_id": fire }))
                 .max_attempts(MAX_ATTEMPTS)
                 .dedupe_key(format!("postback:{fire}"));
-            state.queue.enqueue_in(tx, job).await?;
+            queue.enqueue_in(tx, job).await?;
         }
     }
     Ok(())

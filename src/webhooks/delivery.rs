@@ -13,16 +13,16 @@
 //! - An endpoint's `rate_limit` (deliveries per second) is enforced on its row, across nodes:
 //!   a delivery over the limit, like one to a paused endpoint, waits without using an attempt.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use job_queue::{Job, KindOptions, NewJob, Outcome, RetrySchedule, Worker};
+use job_queue::{Job, KindOptions, NewJob, Outcome, Queue, RetrySchedule, Worker};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::clock::rfc3339;
-use crate::db::{Db, GroupCommit, Tx};
+use crate::clock::{rfc3339, Clock};
+use crate::db::{Db, GroupCommit, Tx, TENANT_SETTING};
 use crate::ids;
 
 use super::{signing, store};
@@ -70,8 +70,9 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
         )
 }
 
+/// A message to fan out, as its dispatch job names it.
 #[derive(Deserialize)]
-struct DispatchPayload {
+pub struct DispatchPayload {
     tenant_id: String,
     message_id: String,
 }
@@ -86,45 +87,190 @@ async fn dispatch(state: AppState, job: Job) -> Outcome {
     let Ok(payload) = serde_json::from_value::<DispatchPayload>(job.payload) else {
         return Outcome::Fail("malformed dispatch payload".to_owned());
     };
-    match fan_out(&state, &payload).await {
-        Ok(()) => Outcome::Done,
-        Err(err) => Outcome::retry(format!("fan-out failed: {err:#}")),
+    if state.webhooks.dispatch.submit(payload).await == Some(true) {
+        Outcome::Done
+    } else {
+        Outcome::retry("the fan-out did not commit, or its message was not found")
     }
 }
 
-/// One delivery (and its job) per subscribed endpoint. Running it again creates nothing twice:
-/// a delivery is unique per (message, endpoint) and its job per delivery.
-async fn fan_out(state: &AppState, payload: &DispatchPayload) -> anyhow::Result<()> {
-    let tenant = &payload.tenant_id;
-    let mut tx = state.db.write_unflushed(tenant).await?;
-    let Some(message) = store::find_message(&mut tx, tenant, &payload.message_id).await? else {
-        anyhow::bail!("message {} not found", payload.message_id);
+/// A delivery to read for its attempt.
+pub struct ToRead {
+    tenant_id: String,
+    delivery_id: String,
+}
+
+/// The delivery path's batches, each handled by a task of its own (see [`GroupCommit`]).
+pub struct Batches {
+    /// Fan-outs: each dispatch job learns whether its message was fanned out.
+    pub dispatch: GroupCommit<DispatchPayload>,
+    /// Reads for claimed deliveries (handed-over ones carry what they need): each learns its
+    /// delivery with message and endpoint, `None` when missing or its endpoint deleted.
+    pub reads: GroupCommit<ToRead, Option<store::DeliveryToAttempt>>,
+    /// Successful attempts: each learns whether its record committed.
+    pub successes: GroupCommit<store::Success>,
+}
+
+impl Batches {
+    pub fn start(db: Db, queue: Queue, clock: Clock) -> Self {
+        Self {
+            dispatch: dispatcher(db.clone(), queue, clock),
+            reads: reader(db.clone()),
+            successes: success_recorder(db),
+        }
+    }
+}
+
+/// The group commit that fans out the messages of every dispatch job running at once in one
+/// transaction (see [`fan_out`]): under load, a message's statements are shared with its
+/// neighbours'.
+fn dispatcher(db: Db, queue: Queue, clock: Clock) -> GroupCommit<DispatchPayload> {
+    GroupCommit::start(64, move |messages: Vec<DispatchPayload>| {
+        let (db, queue, clock) = (db.clone(), queue.clone(), clock.clone());
+        async move {
+            match fan_out(&db, &queue, &clock, &messages).await {
+                Ok(done) => messages
+                    .iter()
+                    .map(|m| done.contains(&m.message_id))
+                    .collect(),
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), messages = messages.len(), "fanning messages out failed");
+                    vec![false; messages.len()]
+                }
+            }
+        }
+    })
+}
+
+/// The group read of deliveries about to be attempted: under load, one query reads many.
+fn reader(db: Db) -> GroupCommit<ToRead, Option<store::DeliveryToAttempt>> {
+    GroupCommit::start(128, move |wanted: Vec<ToRead>| {
+        let db = db.clone();
+        async move {
+            match read_deliveries(&db, &wanted).await {
+                Ok(mut found) => wanted
+                    .iter()
+                    .map(|w| found.remove(&w.delivery_id))
+                    .collect(),
+                Err(err) => {
+                    // Each caller's job retries.
+                    tracing::warn!(error = %err, deliveries = wanted.len(), "reading deliveries failed");
+                    Vec::new()
+                }
+            }
+        }
+    })
+}
+
+async fn read_deliveries(
+    db: &Db,
+    wanted: &[ToRead],
+) -> sqlx::Result<HashMap<String, store::DeliveryToAttempt>> {
+    let groups = crate::db::by_tenant(wanted, |w| &w.tenant_id);
+    let mut found = HashMap::new();
+    let Some((first, _)) = groups.first() else {
+        return Ok(found);
     };
-    let now = state.clock.now_ms();
-    let data: serde_json::Value = serde_json::from_str(&message.payload)?;
-    crate::postbacks::fan_out(
-        state,
-        &mut tx,
-        tenant,
-        &message.id,
-        &message.event_type,
-        &data,
-    )
-    .await?;
-    let endpoints = store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await?;
-    let deliveries =
-        store::insert_deliveries(&mut tx, tenant, &message.id, &endpoints, now).await?;
-    let jobs: Vec<NewJob> = deliveries
-        .iter()
-        .map(|delivery| delivery_job(tenant, delivery, &format!("deliver:{delivery}")))
-        .collect();
-    // Deliveries go straight to this node's worker when it has free slots (no claim, no
-    // wake-up): the handoff starts them once the fan-out has committed.
-    let mut handoff = state.queue.handoff();
-    handoff.enqueue_all_in(&mut tx, &jobs).await?;
+    let mut tx = db.read(first).await?;
+    for (n, (tenant, batch)) in groups.iter().enumerate() {
+        if n > 0 {
+            db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        }
+        let ids: Vec<&str> = batch.iter().map(|w| w.delivery_id.as_str()).collect();
+        for row in store::deliveries_to_attempt(&mut tx, db.dialect(), tenant, &ids).await? {
+            found.insert(row.delivery_id, row.target);
+        }
+    }
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// One delivery (and its job) per subscribed endpoint of each message; returns the ids of the
+/// messages found. Running it again creates nothing twice: a delivery is unique per (message,
+/// endpoint) and its job per delivery.
+///
+/// Deliveries go straight to this node's worker when it has free slots (no claim, no wake-up):
+/// the handoff starts them once the fan-out has committed, each with the message and endpoint
+/// read here, so its first attempt reads nothing.
+async fn fan_out(
+    db: &Db,
+    queue: &Queue,
+    clock: &Clock,
+    messages: &[DispatchPayload],
+) -> anyhow::Result<HashSet<String>> {
+    let groups = crate::db::by_tenant(messages, |m| &m.tenant_id);
+    let mut done = HashSet::new();
+    let Some((first, _)) = groups.first() else {
+        return Ok(done);
+    };
+    let now = clock.now_ms();
+    let mut tx = db.write_unflushed(first).await?;
+    let mut handoff = queue.handoff();
+    for (n, (tenant, batch)) in groups.iter().enumerate() {
+        if n > 0 {
+            db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
+        }
+        let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
+        let found = store::find_messages(&mut tx, tenant, &ids).await?;
+        done.extend(found.iter().map(|m| m.id.clone()));
+        let mut subscribers: HashMap<&str, Vec<store::StoredEndpoint>> = HashMap::new();
+        for message in &found {
+            let data: serde_json::Value = serde_json::from_str(&message.payload)?;
+            crate::postbacks::fan_out(
+                queue,
+                &mut tx,
+                tenant,
+                &message.id,
+                &message.event_type,
+                &data,
+                now,
+            )
+            .await?;
+            if !subscribers.contains_key(message.event_type.as_str()) {
+                let endpoints =
+                    store::subscribed_endpoints(&mut tx, tenant, &message.event_type).await?;
+                subscribers.insert(&message.event_type, endpoints);
+            }
+        }
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for message in &found {
+            for endpoint in &subscribers[message.event_type.as_str()] {
+                rows.push(store::NewDelivery {
+                    id: ids::new("dlv"),
+                    message_id: &message.id,
+                    endpoint_id: &endpoint.id,
+                });
+                targets.push((message, endpoint));
+            }
+        }
+        let created: HashSet<String> =
+            store::insert_deliveries(&mut tx, db.dialect(), tenant, &rows, now)
+                .await?
+                .into_iter()
+                .collect();
+        let jobs: Vec<NewJob> = rows
+            .iter()
+            .zip(targets)
+            .filter(|(delivery, _)| created.contains(&delivery.id))
+            .map(|(delivery, (message, endpoint))| {
+                delivery_job(tenant, &delivery.id, &format!("deliver:{}", delivery.id)).local(
+                    store::DeliveryToAttempt {
+                        delivery_status: "pending".to_owned(),
+                        message_id: message.id.clone(),
+                        event_type: message.event_type.clone(),
+                        payload: message.payload.clone(),
+                        message_created_at: message.created_at,
+                        endpoint: endpoint.clone(),
+                    },
+                )
+            })
+            .collect();
+        handoff.enqueue_all_in(&mut tx, &jobs).await?;
+    }
     tx.commit().await?;
     handoff.start();
-    Ok(())
+    Ok(done)
 }
 
 /// Enqueues the delivery job of a pending delivery, in the caller's transaction. `dedupe_key`
@@ -171,28 +317,38 @@ pub async fn fire_test(
         now,
     )
     .await?;
-    let endpoints = [endpoint_id.to_owned()];
-    let delivery = store::insert_deliveries(&mut tx, tenant_id, &message, &endpoints, now)
-        .await?
-        .pop()
-        .context("the test delivery was not created")?;
+    let delivery = ids::new("dlv");
+    let rows = [store::NewDelivery {
+        id: delivery.clone(),
+        message_id: &message,
+        endpoint_id,
+    }];
+    store::insert_deliveries(&mut tx, state.db.dialect(), tenant_id, &rows, now).await?;
     tx.commit().await?;
     let payload = DeliverPayload {
         tenant_id: tenant_id.to_owned(),
         delivery_id: delivery.clone(),
     };
-    attempt(state, &payload, true).await?;
+    if let Some(target) = load(state, &payload, now).await? {
+        attempt(state, &payload, &target, true).await?;
+    }
     Ok(delivery)
 }
 
 async fn deliver(state: AppState, job: Job) -> Outcome {
-    let Ok(payload) = serde_json::from_value::<DeliverPayload>(job.payload) else {
+    let Ok(payload) = DeliverPayload::deserialize(&job.payload) else {
         return Outcome::Fail("malformed delivery payload".to_owned());
     };
-    match attempt(&state, &payload, job.attempt >= job.max_attempts).await {
-        Ok(outcome) => outcome,
-        Err(err) => Outcome::retry(format!("delivery could not be attempted: {err:#}")),
-    }
+    let last_attempt = job.attempt >= job.max_attempts;
+    let result = match job.local::<store::DeliveryToAttempt>() {
+        Some(target) => attempt(&state, &payload, target, last_attempt).await,
+        None => match load(&state, &payload, state.clock.now_ms()).await {
+            Ok(Some(target)) => attempt(&state, &payload, &target, last_attempt).await,
+            Ok(None) => Ok(Outcome::Done),
+            Err(err) => Err(err),
+        },
+    };
+    result.unwrap_or_else(|err| Outcome::retry(format!("delivery could not be attempted: {err:#}")))
 }
 
 /// What the receiver (or the network) answered.
@@ -204,17 +360,27 @@ struct Answer {
     latency: Duration,
 }
 
-async fn attempt(
+/// The pending delivery with its message and endpoint; `None` when there is nothing to attempt:
+/// it is finished, or its endpoint is gone (the delivery is then failed).
+async fn load(
     state: &AppState,
     payload: &DeliverPayload,
-    last_attempt: bool,
-) -> anyhow::Result<Outcome> {
+    now: i64,
+) -> anyhow::Result<Option<store::DeliveryToAttempt>> {
     let tenant = &payload.tenant_id;
-    let now = state.clock.now_ms();
-    let mut tx = state.db.read(tenant).await?;
-    let Some(found) = store::delivery_to_attempt(&mut tx, tenant, &payload.delivery_id).await?
-    else {
+    let read = ToRead {
+        tenant_id: tenant.clone(),
+        delivery_id: payload.delivery_id.clone(),
+    };
+    let found = state
+        .webhooks
+        .reads
+        .submit(read)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the delivery could not be read"))?;
+    let Some(found) = found else {
         // The delivery is unknown, or its endpoint was deleted.
+        let mut tx = state.db.read(tenant).await?;
         let delivery = store::find_delivery(&mut tx, tenant, &payload.delivery_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("delivery {} not found", payload.delivery_id))?;
@@ -222,13 +388,20 @@ async fn attempt(
         if delivery.status == "pending" {
             give_up(state, tenant, &delivery.id, now).await?;
         }
-        return Ok(Outcome::Done);
+        return Ok(None);
     };
-    tx.commit().await?;
-    if found.delivery_status != "pending" {
-        return Ok(Outcome::Done);
-    }
-    let endpoint = found.endpoint;
+    Ok((found.delivery_status == "pending").then_some(found))
+}
+
+async fn attempt(
+    state: &AppState,
+    payload: &DeliverPayload,
+    found: &store::DeliveryToAttempt,
+    last_attempt: bool,
+) -> anyhow::Result<Outcome> {
+    let tenant = &payload.tenant_id;
+    let now = state.clock.now_ms();
+    let endpoint = &found.endpoint;
     match endpoint.status.as_str() {
         "enabled" => {}
         "paused" => return Ok(Outcome::Snooze(PAUSED_RECHECK)),
@@ -282,19 +455,20 @@ async fn attempt(
     let latency_ms = answer.latency.as_millis() as i64;
     if let Some(code) = answer.status.filter(|s| (200..300).contains(s)) {
         let recorded = state
-            .webhook_successes
+            .webhooks
+            .successes
             .submit(store::Success {
                 attempt_id,
                 tenant_id: tenant.clone(),
                 delivery_id: delivery_id.clone(),
-                endpoint_id: endpoint.id,
+                endpoint_id: endpoint.id.clone(),
                 status_code: i64::from(code),
                 latency_ms,
                 response_body: answer.body,
                 at: now,
             })
             .await;
-        return Ok(if recorded {
+        return Ok(if recorded == Some(true) {
             Outcome::Done
         } else {
             // Sent again later: receivers deduplicate on the message id.
@@ -361,17 +535,18 @@ async fn give_up(
 }
 
 /// The group commit that records successful attempts (see [`store::record_successes`]).
-pub fn success_recorder(db: Db) -> GroupCommit<store::Success> {
+fn success_recorder(db: Db) -> GroupCommit<store::Success> {
     GroupCommit::start(256, move |successes: Vec<store::Success>| {
         let db = db.clone();
         async move {
-            match store::record_successes(&db, &successes).await {
+            let committed = match store::record_successes(&db, &successes).await {
                 Ok(()) => true,
                 Err(err) => {
                     tracing::error!(error = %err, attempts = successes.len(), "recording successful attempts failed");
                     false
                 }
-            }
+            };
+            vec![committed; successes.len()]
         }
     })
 }

@@ -1,6 +1,6 @@
 //! SQL for webhook endpoints, messages, deliveries and attempts.
 
-use crate::db::{Db, Tx, TENANT_SETTING};
+use crate::db::{Db, Dialect, Tx, TENANT_SETTING};
 use crate::http::pagination::Page;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -158,18 +158,26 @@ pub struct StoredMessage {
     pub id: String,
     pub event_type: String,
     pub payload: String,
+    pub created_at: i64,
 }
 
-pub async fn find_message(
+/// The messages among `ids` (at most a few hundred), in no particular order.
+pub async fn find_messages(
     tx: &mut Tx,
     tenant_id: &str,
-    id: &str,
-) -> sqlx::Result<Option<StoredMessage>> {
-    sqlx::query_as("SELECT id, event_type, payload FROM messages WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
+    ids: &[&str],
+) -> sqlx::Result<Vec<StoredMessage>> {
+    let placeholders: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 2)).collect();
+    let sql = format!(
+        "SELECT id, event_type, payload, created_at FROM messages
+         WHERE tenant_id = $1 AND id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as(&sql).bind(tenant_id);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.fetch_all(&mut **tx).await
 }
 
 /// Enabled endpoints whose filter takes `event_type` (an empty filter takes every type).
@@ -177,59 +185,59 @@ pub async fn subscribed_endpoints(
     tx: &mut Tx,
     tenant_id: &str,
     event_type: &str,
-) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT id FROM webhook_endpoints
+) -> sqlx::Result<Vec<StoredEndpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
          WHERE tenant_id = $1 AND status = 'enabled' AND deleted_at IS NULL
            AND (event_types = '' OR (' ' || event_types || ' ') LIKE ('% ' || $2 || ' %'))
-         ORDER BY id",
-    )
-    .bind(tenant_id)
-    .bind(event_type)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+         ORDER BY id"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(event_type)
+        .fetch_all(&mut **tx)
+        .await
 }
 
-/// Creates the deliveries of a message to `endpoints` in one statement, skipping those that
-/// exist; returns the ids of the new ones.
+/// A delivery to create: a message to an endpoint.
+#[derive(serde::Serialize)]
+pub struct NewDelivery<'a> {
+    pub id: String,
+    pub message_id: &'a str,
+    pub endpoint_id: &'a str,
+}
+
+/// Creates `deliveries` of `tenant_id`'s messages in one statement, skipping those that exist
+/// (one per message and endpoint); returns the ids of the new ones.
 pub async fn insert_deliveries(
     tx: &mut Tx,
+    dialect: Dialect,
     tenant_id: &str,
-    message_id: &str,
-    endpoints: &[String],
+    deliveries: &[NewDelivery<'_>],
     now: i64,
 ) -> sqlx::Result<Vec<String>> {
-    let mut created = Vec::new();
-    // 1,000 endpoints a statement keeps the parameters under both engines' limits.
-    for chunk in endpoints.chunks(1000) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|n| {
-                format!(
-                    "(${}, $1, $2, ${}, 'pending', 0, $3, $3)",
-                    4 + 2 * n,
-                    5 + 2 * n
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
-             VALUES {}
-             ON CONFLICT (message_id, endpoint_id) DO NOTHING
-             RETURNING id",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query_as(&sql)
-            .bind(tenant_id)
-            .bind(message_id)
-            .bind(now);
-        for endpoint in chunk {
-            insert = insert.bind(crate::ids::new("dlv")).bind(endpoint);
-        }
-        let inserted: Vec<(String,)> = insert.fetch_all(&mut **tx).await?;
-        created.extend(inserted.into_iter().map(|(id,)| id));
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(created)
+    let sql = format!(
+        "INSERT INTO deliveries (id, tenant_id, message_id, endpoint_id, status, attempts, created_at, updated_at)
+         SELECT v.id, $2, v.message_id, v.endpoint_id, 'pending', 0, $3, $3 FROM {}
+         WHERE true -- SQLite would read the ON of the upsert as a join's
+         ON CONFLICT (message_id, endpoint_id) DO NOTHING
+         RETURNING id",
+        dialect.json_rows(
+            "v",
+            &[("id", "text"), ("message_id", "text"), ("endpoint_id", "text")]
+        )
+    );
+    let rows = serde_json::to_string(deliveries).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let created: Vec<(String,)> = sqlx::query_as(&sql)
+        .bind(rows)
+        .bind(tenant_id)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(created.into_iter().map(|(id,)| id).collect())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -250,8 +258,9 @@ pub async fn find_delivery(
         .await
 }
 
-/// A delivery about to be attempted, read in one query with its message and endpoint.
-#[derive(Debug, sqlx::FromRow)]
+/// A delivery about to be attempted, read in one query with its message and endpoint (or, for
+/// its first attempt, carried from its fan-out).
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DeliveryToAttempt {
     pub delivery_status: String,
     pub message_id: String,
@@ -262,36 +271,52 @@ pub struct DeliveryToAttempt {
     pub endpoint: StoredEndpoint,
 }
 
-/// The delivery `id` with its message and its live endpoint; `None` when either the delivery
-/// or its endpoint (deleted) is missing: [`find_delivery`] tells which.
-pub async fn delivery_to_attempt(
+/// A pending or finished delivery, found with its message and live endpoint.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FoundDelivery {
+    pub delivery_id: String,
+    #[sqlx(flatten)]
+    pub target: DeliveryToAttempt,
+}
+
+/// The deliveries among `ids` with their messages and live endpoints, in one query; a delivery
+/// that is missing, or whose endpoint was deleted, is left out ([`find_delivery`] tells which).
+pub async fn deliveries_to_attempt(
     tx: &mut Tx,
+    dialect: Dialect,
     tenant_id: &str,
-    id: &str,
-) -> sqlx::Result<Option<DeliveryToAttempt>> {
+    ids: &[&str],
+) -> sqlx::Result<Vec<FoundDelivery>> {
+    #[derive(serde::Serialize)]
+    struct Id<'a> {
+        id: &'a str,
+    }
     let endpoint_columns: Vec<String> = ENDPOINT_COLUMNS
         .split(", ")
         .map(|column| format!("e.{column}"))
         .collect();
-    // The delivery is looked up first, by its key, and the others by theirs (a delivery's
+    // The deliveries are looked up first, by their keys, and the others by theirs (a delivery's
     // message and endpoint are its tenant's): without the materialized step, or with the tenant
     // in the joins, PostgreSQL on tables it has no statistics for yet may start from the
     // tenant's endpoints and scan each one's deliveries.
     let sql = format!(
         "WITH d AS MATERIALIZED (
-             SELECT status, tenant_id, message_id, endpoint_id FROM deliveries
-             WHERE tenant_id = $1 AND id = $2)
-         SELECT d.status AS delivery_status, m.id AS message_id, m.event_type, m.payload,
-                m.created_at AS message_created_at, {}
+             SELECT id, status, message_id, endpoint_id FROM deliveries
+             WHERE tenant_id = $2 AND id IN (SELECT v.id FROM {}))
+         SELECT d.id AS delivery_id, d.status AS delivery_status, m.id AS message_id,
+                m.event_type, m.payload, m.created_at AS message_created_at, {}
          FROM d
          JOIN messages m ON m.id = d.message_id
          JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.deleted_at IS NULL",
+        dialect.json_rows("v", &[("id", "text")]),
         endpoint_columns.join(", ")
     );
+    let ids: Vec<Id> = ids.iter().map(|id| Id { id }).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
     sqlx::query_as(&sql)
+        .bind(ids)
         .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_all(&mut **tx)
         .await
 }
 

@@ -297,16 +297,20 @@ impl TestServer {
         switchyard::db::Db::connect(&self.db.url, 2).await.unwrap()
     }
 
-    /// Another connection holding the write lock on `clicks` until the transaction ends (the
-    /// database stays readable): what a database too busy to take the router's writes looks like.
-    pub async fn lock_clicks(&self) -> (switchyard::db::Db, sqlx::Transaction<'static, sqlx::Any>) {
+    /// Another connection holding the write lock on `table` until the transaction ends (the
+    /// database stays readable): what a database too busy to take those writes looks like. On
+    /// SQLite the lock is the whole database's.
+    pub async fn lock_table(
+        &self,
+        table: &str,
+    ) -> (switchyard::db::Db, sqlx::Transaction<'static, sqlx::Any>) {
         let holder = self.inspect().await;
         let mut lock = holder.pool().begin().await.unwrap();
         let take_lock = match self.db.engine {
-            Engine::Sqlite => "DELETE FROM clicks WHERE 1 = 0",
-            Engine::Postgres => "LOCK TABLE clicks IN EXCLUSIVE MODE",
+            Engine::Sqlite => format!("DELETE FROM {table} WHERE 1 = 0"),
+            Engine::Postgres => format!("LOCK TABLE {table} IN EXCLUSIVE MODE"),
         };
-        sqlx::query(take_lock).execute(&mut *lock).await.unwrap();
+        sqlx::query(&take_lock).execute(&mut *lock).await.unwrap();
         (holder, lock)
     }
 
