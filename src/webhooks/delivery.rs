@@ -177,7 +177,7 @@ async fn read_deliveries(
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
         let ids: Vec<&str> = batch.iter().map(|w| w.delivery_id.as_str()).collect();
-        for row in store::deliveries_to_attempt(&mut tx, db.dialect(), tenant, &ids).await? {
+        for row in store::deliveries_to_attempt(&mut tx, tenant, &ids).await? {
             found.insert(row.delivery_id, row.target);
         }
     }
