@@ -485,8 +485,11 @@ impl Queue {
         // Each fenced by its own token: a job has one only while it runs (every way out of
         // `running` clears it), so the state need not be named, and PostgreSQL finds the rows
         // by their key rather than by scanning the `running` index, whatever statistics it has.
-        let ids: Vec<String> = (0..jobs.len()).map(|n| format!("${}", 2 + 2 * n)).collect();
-        let tokens: String = (0..jobs.len())
+        // The list is padded to a power of two by repeating the last job, so a worker prepares
+        // a few statements, not one per batch size.
+        let rows = jobs.len().next_power_of_two();
+        let ids: Vec<String> = (0..rows).map(|n| format!("${}", 2 + 2 * n)).collect();
+        let tokens: String = (0..rows)
             .map(|n| format!(" WHEN ${} THEN ${}", 2 + 2 * n, 3 + 2 * n))
             .collect();
         let sql = format!(
@@ -497,7 +500,8 @@ impl Queue {
             ids.join(", ")
         );
         let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(now);
-        for (id, token) in jobs {
+        let last = jobs[jobs.len() - 1];
+        for (id, token) in jobs.iter().chain(std::iter::repeat(&last)).take(rows) {
             query = query.bind(*id).bind(*token);
         }
         let done: std::collections::HashSet<String> = query

@@ -401,6 +401,30 @@ pub struct Success {
     pub at: i64,
 }
 
+/// A successful attempt as the batch insert reads it (see [`Dialect::json_rows`]).
+#[derive(serde::Serialize)]
+struct NewAttemptRow<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    delivery_id: &'a str,
+    endpoint_id: &'a str,
+    status_code: i64,
+    latency_ms: i64,
+    response_body: &'a str,
+    created_at: i64,
+}
+
+const ATTEMPT_COLUMNS: [(&str, &str); 8] = [
+    ("id", "text"),
+    ("tenant_id", "text"),
+    ("delivery_id", "text"),
+    ("endpoint_id", "text"),
+    ("status_code", "bigint"),
+    ("latency_ms", "bigint"),
+    ("response_body", "text"),
+    ("created_at", "bigint"),
+];
+
 /// Records successful attempts of any tenants in one transaction: their attempts, their
 /// deliveries `succeeded`, and one counters update per endpoint (so deliveries to one endpoint
 /// share its row lock once per batch, not once each).
@@ -409,41 +433,46 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
+    let insert_attempts = format!(
+        "INSERT INTO delivery_attempts (id, tenant_id, delivery_id, endpoint_id, status_code,
+             latency_ms, response_body, created_at)
+         SELECT * FROM {}",
+        db.dialect().json_rows("v", &ATTEMPT_COLUMNS)
+    );
     // Replayable: every delivery here waits for this commit before its job is marked done.
     let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
-        let sql = format!(
-            "INSERT INTO delivery_attempts (id, tenant_id, delivery_id, endpoint_id, status_code,
-                 latency_ms, response_body, created_at)
-             VALUES {}",
-            db.dialect().values(batch.len(), 8)
-        );
-        let mut insert = sqlx::query(&sql);
-        for s in batch {
-            insert = insert
-                .bind(&s.attempt_id)
-                .bind(&s.tenant_id)
-                .bind(&s.delivery_id)
-                .bind(&s.endpoint_id)
-                .bind(s.status_code)
-                .bind(s.latency_ms)
-                .bind(&s.response_body)
-                .bind(s.at);
-        }
-        insert.execute(&mut *tx).await?;
+        let rows: Vec<NewAttemptRow> = batch
+            .iter()
+            .map(|s| NewAttemptRow {
+                id: &s.attempt_id,
+                tenant_id: &s.tenant_id,
+                delivery_id: &s.delivery_id,
+                endpoint_id: &s.endpoint_id,
+                status_code: s.status_code,
+                latency_ms: s.latency_ms,
+                response_body: &s.response_body,
+                created_at: s.at,
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query(&insert_attempts)
+            .bind(rows)
+            .execute(&mut *tx)
+            .await?;
 
-        let cases: String = (0..batch.len())
-            .map(|n| format!(" WHEN ${} THEN ${}", 2 + 2 * n, 3 + 2 * n))
-            .collect();
-        let ids: Vec<String> = (0..batch.len())
-            .map(|n| format!("${}", 2 + 2 * n))
-            .collect();
         // By key alone: these deliveries were read under this tenant's scope (and RLS holds on
         // PostgreSQL); naming the tenant let PostgreSQL, before it had statistics, scan the
-        // tenant's deliveries through its endpoint index instead.
+        // tenant's deliveries through its endpoint index instead. The list is padded to a power
+        // of two (see `key_list`).
+        let size = batch.len().next_power_of_two();
+        let cases: String = (0..size)
+            .map(|n| format!(" WHEN ${} THEN ${}", 2 + 2 * n, 3 + 2 * n))
+            .collect();
+        let ids: Vec<String> = (0..size).map(|n| format!("${}", 2 + 2 * n)).collect();
         let sql = format!(
             "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1,
                  last_status = CASE id{cases} END, updated_at = $1
@@ -452,7 +481,8 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
         );
         let latest = batch.iter().map(|s| s.at).max().unwrap_or_default();
         let mut update = sqlx::query(&sql).bind(latest);
-        for s in batch {
+        let last = batch[batch.len() - 1];
+        for s in batch.iter().chain(std::iter::repeat(&last)).take(size) {
             update = update.bind(&s.delivery_id).bind(s.status_code);
         }
         update.execute(&mut *tx).await?;
