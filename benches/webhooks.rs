@@ -55,6 +55,10 @@ async fn main() {
     );
     for (name, url, cleanup) in engines {
         println!("\n== {name} ==");
+        let (p50, p99) = paced_reference(receiver_port, &mut arrivals).await;
+        println!(
+            "receiver, {PACED_RATE} POSTs/s          p50 {p50:>7.2} ms  p99 {p99:>7.2} ms (reference: a plain POST's send-to-arrival, paced)"
+        );
         let running = start(&url).await;
         for &endpoints in &fan_outs {
             let key = running.first_start.as_ref().unwrap().key.plaintext.clone();
@@ -192,6 +196,37 @@ async fn subscribe(running: &Running, key: &str, port: u16, count: usize) {
             .unwrap();
         assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     }
+}
+
+/// The latency floor of the paced runs on this machine at this moment: `PACED_MESSAGES` POSTs
+/// sent straight to the receiver at `PACED_RATE`, each timed from its send to the receiver
+/// reading it, as deliveries are timed from their commit. Returns p50 and p99 in ms.
+async fn paced_reference(
+    port: u16,
+    arrivals: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+) -> (f64, f64) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut sent = HashMap::new();
+    for n in 0..PACED_MESSAGES {
+        let due = started + Duration::from_micros(n as u64 * 1_000_000 / PACED_RATE);
+        tokio::time::sleep_until(due.into()).await;
+        let id = format!("reference-{n}");
+        sent.insert(id.clone(), Instant::now());
+        let request = client
+            .post(format!("http://127.0.0.1:{port}/hook/0"))
+            .header("webhook-id", id)
+            .body("{}");
+        tokio::spawn(async move { request.send().await.unwrap() });
+    }
+    let mut latencies = Vec::with_capacity(PACED_MESSAGES);
+    while latencies.len() < PACED_MESSAGES {
+        let (id, at) = arrivals.recv().await.unwrap();
+        latencies.push(at.saturating_duration_since(sent[&id]).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (at(0.50), at(0.99))
 }
 
 /// Emits `messages` (as fast as possible, or at `rate` per second) and waits for every
