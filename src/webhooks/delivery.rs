@@ -12,6 +12,9 @@
 //!   the delivery is failed and its job dead (visible on `/v1/queue`).
 //! - An endpoint's `rate_limit` (deliveries per second) is enforced on its row, across nodes:
 //!   a delivery over the limit, like one to a paused endpoint, waits without using an attempt.
+//!
+//! Fan-outs, delivery reads and successful attempts of the jobs running at once are each done
+//! in one transaction ([`Batches`], ADR 9).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -339,16 +342,26 @@ async fn deliver(state: AppState, job: Job) -> Outcome {
     let Ok(payload) = DeliverPayload::deserialize(&job.payload) else {
         return Outcome::Fail("malformed delivery payload".to_owned());
     };
-    let last_attempt = job.attempt >= job.max_attempts;
-    let result = match job.local::<store::DeliveryToAttempt>() {
-        Some(target) => attempt(&state, &payload, target, last_attempt).await,
+    let loaded;
+    // Handed over by its fan-out, a first attempt has its rows already (see `fan_out`).
+    let target = match job.local::<store::DeliveryToAttempt>() {
+        Some(target) => target,
         None => match load(&state, &payload, state.clock.now_ms()).await {
-            Ok(Some(target)) => attempt(&state, &payload, &target, last_attempt).await,
-            Ok(None) => Ok(Outcome::Done),
-            Err(err) => Err(err),
+            Ok(Some(target)) => {
+                loaded = target;
+                &loaded
+            }
+            Ok(None) => return Outcome::Done,
+            Err(err) => return could_not_attempt(err),
         },
     };
-    result.unwrap_or_else(|err| Outcome::retry(format!("delivery could not be attempted: {err:#}")))
+    attempt(&state, &payload, target, job.attempt >= job.max_attempts)
+        .await
+        .unwrap_or_else(could_not_attempt)
+}
+
+fn could_not_attempt(err: anyhow::Error) -> Outcome {
+    Outcome::retry(format!("delivery could not be attempted: {err:#}"))
 }
 
 /// What the receiver (or the network) answered.
