@@ -32,6 +32,8 @@ use super::{signing, store};
 
 pub const DISPATCH: &str = "webhooks.dispatch";
 pub const DELIVER: &str = "webhooks.deliver";
+/// Messages fanned out in one transaction at most, and dispatch jobs running at once.
+const DISPATCH_BATCH: usize = 64;
 /// The first attempt and seven retries.
 pub const MAX_ATTEMPTS: u32 = 8;
 const RETRY_DELAYS_SECS: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
@@ -50,7 +52,10 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
         .register(
             DISPATCH,
             KindOptions {
-                concurrency: 32,
+                // A dispatch job waits for its group commit, which takes up to this many: as
+                // many slots let one full batch form, and the jobs emitted meanwhile be handed
+                // over rather than claimed.
+                concurrency: DISPATCH_BATCH,
                 lease,
                 ..KindOptions::default()
             },
@@ -128,7 +133,7 @@ impl Batches {
 /// transaction (see [`fan_out`]): under load, a message's statements are shared with its
 /// neighbours'.
 fn dispatcher(db: Db, queue: Queue, clock: Clock) -> GroupCommit<DispatchPayload> {
-    GroupCommit::start(64, move |messages: Vec<DispatchPayload>| {
+    GroupCommit::start(DISPATCH_BATCH, move |messages: Vec<DispatchPayload>| {
         let (db, queue, clock) = (db.clone(), queue.clone(), clock.clone());
         async move {
             match fan_out(&db, &queue, &clock, &messages).await {
