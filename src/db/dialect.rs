@@ -73,6 +73,11 @@ impl Dialect {
         }
     }
 
+    /// The parameter [`Dialect::json_rows`] reads: `rows` as a JSON array of objects.
+    pub fn json_param<T: serde::Serialize>(rows: &[T]) -> sqlx::Result<String> {
+        serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(e.into()))
+    }
+
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)

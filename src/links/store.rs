@@ -1,6 +1,6 @@
 //! SQL for the `links` and `clicks` tables.
 
-use crate::db::{is_unique_violation, Db, Tx, LINK_KEY_SETTING, TENANT_SETTING};
+use crate::db::{is_unique_violation, Db, Dialect, Tx, LINK_KEY_SETTING, TENANT_SETTING};
 use crate::http::pagination::Page;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -170,7 +170,7 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                 created_at: c.created_at,
             })
             .collect();
-        let rows = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let rows = Dialect::json_param(&rows)?;
         sqlx::query(&sql).bind(rows).execute(&mut *tx).await?;
     }
     tx.commit().await

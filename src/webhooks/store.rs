@@ -229,7 +229,7 @@ pub async fn insert_deliveries(
             &[("id", "text"), ("message_id", "text"), ("endpoint_id", "text")]
         )
     );
-    let rows = serde_json::to_string(deliveries).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let rows = Dialect::json_param(deliveries)?;
     let created: Vec<(String,)> = sqlx::query_as(&sql)
         .bind(rows)
         .bind(tenant_id)
@@ -458,7 +458,7 @@ pub async fn record_successes(db: &Db, successes: &[Success]) -> sqlx::Result<()
                 created_at: s.at,
             })
             .collect();
-        let rows = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let rows = Dialect::json_param(&rows)?;
         sqlx::query(&insert_attempts)
             .bind(rows)
             .execute(&mut *tx)
