@@ -7,6 +7,10 @@
 //!
 //! Each message is accepted the way slices accept them (`outbox::emit` in a committed
 //! transaction; a burst from 16 concurrent producers); latency runs from that commit to the receiver reading the request.
+//! Each run starts once the one before has finished its work, and prints the machine's CPU use
+//! over it (all processes: on a shared 2-core machine, that load is what a tail waits behind).
+//! The hub runs with its default settings (pool size included) but an outbound allowlist for
+//! the local receiver and a high per-key rate limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,11 +67,10 @@ async fn main() {
         for &endpoints in &fan_outs {
             let key = running.first_start.as_ref().unwrap().key.plaintext.clone();
             subscribe(&running, &key, receiver_port, endpoints).await;
+            settle(&running).await;
             let burst = measure(&running, &mut arrivals, endpoints, BURST_MESSAGES, None).await;
-            println!(
-                "{endpoints:>2} endpoint(s), burst      {:>7.0} deliveries/s   p50 {:>7.2} ms  p99 {:>7.2} ms",
-                burst.0, burst.1, burst.2
-            );
+            println!("{endpoints:>2} endpoint(s), burst      {burst}");
+            settle(&running).await;
             let paced = measure(
                 &running,
                 &mut arrivals,
@@ -76,10 +79,7 @@ async fn main() {
                 Some(PACED_RATE),
             )
             .await;
-            println!(
-                "{endpoints:>2} endpoint(s), {PACED_RATE} msg/s   {:>7.0} deliveries/s   p50 {:>7.2} ms  p99 {:>7.2} ms",
-                paced.0, paced.1, paced.2
-            );
+            println!("{endpoints:>2} endpoint(s), {PACED_RATE} msg/s   {paced}");
         }
         running.shutdown().await.unwrap();
         if let Some((server, name)) = cleanup {
@@ -152,8 +152,6 @@ async fn start(url: &str) -> Running {
         "100000",
         "--log",
         "warn",
-        "--db-max-connections",
-        "20",
         "serve",
     ];
     let config = switchyard::cli::Cli::try_parse_from(args).unwrap().config;
@@ -229,21 +227,79 @@ async fn paced_reference(
     (at(0.50), at(0.99))
 }
 
+/// Waits until the hub has finished the work of the run before (every job recorded done), so
+/// that a run measures its own messages and not the tail of the previous run's.
+async fn settle(running: &Running) {
+    while running
+        .state
+        .queue
+        .stats()
+        .await
+        .unwrap()
+        .kinds
+        .iter()
+        .any(|k| k.available > 0 || k.running > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One measured run.
+struct Run {
+    deliveries_per_s: f64,
+    /// Commit-to-receipt latency, ms.
+    p50: f64,
+    p99: f64,
+    /// The machine's CPU time (hub, PostgreSQL, receiver and producers alike) from the first
+    /// emit to the last receipt: as a share of all cores, and in ms per message.
+    cpu: Option<(f64, f64)>,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7.0} deliveries/s   p50 {:>7.2} ms  p99 {:>7.2} ms",
+            self.deliveries_per_s, self.p50, self.p99
+        )?;
+        if let Some((busy, per_message)) = self.cpu {
+            write!(f, "   CPU {busy:>3.0}% busy, {per_message:.2} ms/message")?;
+        }
+        Ok(())
+    }
+}
+
+/// Busy and total CPU time of the machine so far, in clock ticks (Linux `/proc/stat`).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8) // user nice system idle iowait irq softirq steal
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    Some((total - ticks[3] - ticks[4], total))
+}
+
 /// Emits `messages` (as fast as possible, or at `rate` per second) and waits for every
-/// delivery. Returns deliveries/s and the p50/p99 commit-to-receipt latency in ms.
+/// delivery.
 async fn measure(
     running: &Running,
     arrivals: &mut mpsc::UnboundedReceiver<(String, Instant)>,
     endpoints: usize,
     messages: usize,
     rate: Option<u64>,
-) -> (f64, f64, f64) {
+) -> Run {
     let state = running.state.clone();
     let tenant = running.first_start.as_ref().unwrap().tenant.id.clone();
     let committed: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     // A burst comes from EMITTERS concurrent producers, as from that many API requests at once;
     // the paced run from one producer keeping the schedule.
     let emitters = if rate.is_some() { 1 } else { EMITTERS };
+    let cpu_before = cpu_ticks();
     let started = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for first in 0..emitters {
@@ -284,6 +340,15 @@ async fn measure(
         received.push(arrival);
     }
     while producers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu = cpu_before
+        .zip(cpu_ticks())
+        .map(|((busy0, total0), (busy1, total1))| {
+            let share = (busy1 - busy0) as f64 / (total1 - total0) as f64;
+            let cpu_ms = share * cores * elapsed.as_secs_f64() * 1000.0;
+            (100.0 * share, cpu_ms / messages as f64)
+        });
     let last = received.iter().map(|(_, at)| *at).max().unwrap();
     let committed = committed.lock().unwrap();
     let mut latencies: Vec<f64> = received
@@ -298,9 +363,10 @@ async fn measure(
         .collect();
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    (
-        expected as f64 / last.duration_since(started).as_secs_f64(),
-        at(0.50),
-        at(0.99),
-    )
+    Run {
+        deliveries_per_s: expected as f64 / last.duration_since(started).as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+        cpu,
+    }
 }
