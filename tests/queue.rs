@@ -34,6 +34,7 @@ on_both_engines!(
     jobs_handed_over_at_enqueue_run_at_commit_without_a_claim,
     a_handoff_that_is_not_started_gives_its_jobs_back,
     a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy,
+    a_worker_looking_for_due_jobs_does_not_turn_away_handed_ones,
 );
 
 struct Fixture {
@@ -870,6 +871,48 @@ async fn a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy(e
         _ = tokio::time::sleep(Duration::from_secs(3)) => panic!("the due job waited for the worker to go idle"),
     }
     assert!(f.clock.now_ms() >= due);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+async fn a_worker_looking_for_due_jobs_does_not_turn_away_handed_ones(engine: Engine) {
+    let f = fixture(engine).await;
+    // The worker looks for due jobs every millisecond, so a look is under way at almost any
+    // moment; none of them finds a job (each job is handed over by its insert).
+    let options = WorkerOptions {
+        poll_interval: Duration::from_millis(1),
+        ..idle()
+    };
+    let ran = Arc::new(Notify::new());
+    let two_at_a_time = KindOptions {
+        concurrency: 2,
+        ..KindOptions::default()
+    };
+    let worker =
+        Worker::new(f.queue.clone(), options).register("ping", two_at_a_time, signals(&ran));
+    let (stop, handle) = spawn(worker);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // One job at a time, each after the one before has run: a slot is always free for it.
+    let mut turned_away = 0;
+    for _ in 0..100 {
+        let mut tx = f.db.write_global().await.unwrap();
+        let mut handoff = f.queue.handoff();
+        handoff
+            .enqueue_in(&mut tx, NewJob::new("ping", json!({})))
+            .await
+            .unwrap();
+        turned_away += 1 - handoff.handed();
+        tx.commit().await.unwrap();
+        handoff.start();
+        tokio::time::timeout(Duration::from_secs(5), ran.notified())
+            .await
+            .expect("every job runs");
+    }
+    assert_eq!(
+        turned_away, 0,
+        "a job enqueued while a slot is free is handed over, whatever the worker is doing"
+    );
     stop.send(()).unwrap();
     handle.await.unwrap();
 }

@@ -137,14 +137,20 @@ pub(crate) fn give_back(queue: &Queue, handed: Handed) {
         job, token, permit, ..
     } = handed;
     drop(permit); // The slot is free at once, not when the release has run.
+    release_later(queue, job.id, token);
+}
+
+/// Returns a job leased to this process, which will not run here, to `available` in a task of
+/// its own; if that fails, the reaper returns it when its lease expires.
+pub(crate) fn release_later(queue: &Queue, id: String, token: String) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // No runtime left: the reaper returns it when the lease expires.
     };
     let queue = queue.clone();
     runtime.spawn(async move {
-        if let Err(err) = queue.release(&job.id, &token).await {
-            tracing::warn!(job = %job.id, error = %err,
-                "giving back a handed job failed; the reaper will return it");
+        if let Err(err) = queue.release(&id, &token).await {
+            tracing::warn!(job = %id, error = %err,
+                "giving back a leased job failed; the reaper will return it");
         }
     });
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handoff::{Handed, Taker};
+use crate::handoff::{release_later, Handed, Taker};
 use crate::queue::Want;
 use crate::{Error, Queue, RetrySchedule};
 
@@ -214,9 +214,11 @@ impl Worker {
                 // always come with a wake-up or a hand-off.
                 let claim = turn || backlog;
                 turn = false;
-                turning = Some(Box::pin(
-                    self.record_and_claim(std::mem::take(&mut finished), claim),
-                ));
+                turning = Some(Box::pin(self.record_and_claim(
+                    std::mem::take(&mut finished),
+                    claim,
+                    backlog,
+                )));
             }
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -274,7 +276,7 @@ impl Worker {
                 }
             }
         }
-        let done = self.record_and_claim(finished, false).await;
+        let done = self.record_and_claim(finished, false, false).await;
         for unrecorded in done.unrecorded {
             tracing::warn!(job = %unrecorded.id, "outcome not recorded at shutdown; the job runs again");
         }
@@ -351,22 +353,33 @@ impl Worker {
     /// Records `finished` outcomes (each fenced by its lease token) and, when `claim` is set,
     /// claims due jobs for every free slot, all in one write transaction. If the transaction
     /// fails, the outcomes come back unrecorded, for the next turn.
-    async fn record_and_claim(&self, finished: Vec<Finished>, claim: bool) -> Turn {
-        // The free slots are taken before the claim, since hand-offs take them too.
-        let mut slots: Vec<Option<OwnedSemaphorePermit>> = self
+    ///
+    /// With a `backlog` (the last claim found jobs), the free slots are held through the turn,
+    /// so that waiting jobs get them in their order before newer jobs handed over meanwhile.
+    /// Without one, the claim is a look for jobs that fell due, which mostly finds none: the
+    /// slots stay free for hand-offs during the transaction, and a claimed job takes its slot
+    /// after the commit (one that finds none left goes back to the queue).
+    async fn record_and_claim(&self, finished: Vec<Finished>, claim: bool, backlog: bool) -> Turn {
+        let mut held: Vec<Option<OwnedSemaphorePermit>> = self
             .kinds
             .iter()
             .map(|k| {
                 let free = k.slots.available_permits();
-                if !claim || free == 0 {
+                if !(claim && backlog) || free == 0 {
                     return None;
                 }
                 k.slots.clone().try_acquire_many_owned(free as u32).ok()
             })
             .collect();
-        let free: Vec<usize> = slots
+        let free: Vec<usize> = self
+            .kinds
             .iter()
-            .map(|permit| permit.as_ref().map_or(0, |p| p.num_permits()))
+            .zip(&held)
+            .map(|(k, held)| match held {
+                Some(permits) => permits.num_permits(),
+                None if claim => k.slots.available_permits(),
+                None => 0,
+            })
             .collect();
         // A claim wanted while some kind has every slot busy may leave that kind's jobs for
         // when a slot frees.
@@ -445,8 +458,17 @@ impl Worker {
                     .into_iter()
                     .filter_map(|claimed| {
                         let kind = self.kinds.iter().position(|k| k.name == claimed.kind)?;
-                        let permit = slots[kind].as_mut()?.split(1)?;
-                        Some((claimed.into_job(), token.clone(), permit))
+                        let slot = held[kind].as_mut().and_then(|permits| permits.split(1));
+                        match slot
+                            .or_else(|| self.kinds[kind].slots.clone().try_acquire_owned().ok())
+                        {
+                            Some(permit) => Some((claimed.into_job(), token.clone(), permit)),
+                            // Its slot went to a job handed over during the turn.
+                            None => {
+                                release_later(&self.queue, claimed.id, token.clone());
+                                None
+                            }
+                        }
                     })
                     .collect();
                 Turn {
