@@ -108,6 +108,20 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     let stored = clicks(&srv).await;
     assert_eq!(stored[1].4, stored[0].4);
     assert_ne!(query_param(&second.unwrap(), "sy_click").unwrap(), click_id);
+    assert_eq!((stored[1].5.as_str(), stored[1].6.as_str()), ("", ""));
+
+    // Headers are stored as sent, whatever characters a batch's encoding treats specially.
+    let awkward = r#"Agent "quoted" \back\slash {braces}, NULL"#;
+    srv.click(
+        &format!("/r/{key}"),
+        &[("user-agent", awkward), ("referer", "{}")],
+    )
+    .await;
+    let stored = clicks(&srv).await;
+    assert_eq!(
+        (stored[2].5.as_str(), stored[2].6.as_str()),
+        (awkward, "{}")
+    );
 
     let unknown = srv
         .call(reqwest::Method::GET, "/r/no-such-key", None, None)
@@ -126,9 +140,9 @@ async fn a_click_redirects_with_its_id_and_is_stored(engine: Engine) {
     // The router's answers are counted by method and route template, redirects and misses alike.
     let metrics = srv.metrics().await;
     for line in [
-        r#"switchyard_http_requests_total{method="GET",route="/r/{key}",status="302"} 2"#,
+        r#"switchyard_http_requests_total{method="GET",route="/r/{key}",status="302"} 3"#,
         r#"switchyard_http_requests_total{method="GET",route="/r/{key}",status="404"} 1"#,
-        r#"switchyard_http_request_duration_seconds_count{method="GET",route="/r/{key}"} 3"#,
+        r#"switchyard_http_request_duration_seconds_count{method="GET",route="/r/{key}"} 4"#,
         r#"switchyard_http_requests_total{method="POST",route="/r/{key}",status="405"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");

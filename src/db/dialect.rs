@@ -73,6 +73,28 @@ impl Dialect {
         }
     }
 
+    /// A PostgreSQL array literal of `items` (`{"a","b"}`), to bind as text and cast to an
+    /// array type (`$1::text[]`, `$2::bigint[]`): each item quoted, with its quotes and
+    /// backslashes escaped.
+    pub fn array_literal<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+        let mut literal = String::from("{");
+        for (n, item) in items.into_iter().enumerate() {
+            if n > 0 {
+                literal.push(',');
+            }
+            literal.push('"');
+            for c in item.as_ref().chars() {
+                if c == '"' || c == '\\' {
+                    literal.push('\\');
+                }
+                literal.push(c);
+            }
+            literal.push('"');
+        }
+        literal.push('}');
+        literal
+    }
+
     /// The parameter [`Dialect::json_rows`] reads: `rows` as a JSON array of objects.
     pub fn json_param<T: serde::Serialize>(rows: &[T]) -> sqlx::Result<String> {
         serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(e.into()))

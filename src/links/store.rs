@@ -134,13 +134,26 @@ const CLICK_COLUMNS: [(&str, &str); 9] = [
     ("created_at", "bigint"),
 ];
 
-/// Writes `clicks` (of any tenants) in one transaction, one insert per tenant whose rows are
-/// one JSON parameter. A click is flagged `revoked` when its partner is revoked as of this
-/// commit (not as of a cached read).
+/// Writes `clicks` (of any tenants) in one transaction, one insert per tenant. A click is
+/// flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
+///
+/// PostgreSQL reads the rows from one array parameter per column (`unnest`), which it parses
+/// in about half the time of the same rows as JSON objects; SQLite reads one JSON parameter
+/// (see [`crate::db::Dialect::json_rows`]).
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let groups = crate::db::by_tenant(clicks, |c| &c.target.tenant_id);
     let Some((first, _)) = groups.first() else {
         return Ok(());
+    };
+    let rows = match db.dialect() {
+        Dialect::Postgres => {
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::bigint[])
+             AS v(id, tenant_id, link_id, partner_id, campaign_id, ip_hash, user_agent, referer,
+                  created_at)"
+                .to_owned()
+        }
+        Dialect::Sqlite => db.dialect().json_rows("v", &CLICK_COLUMNS),
     };
     let sql = format!(
         "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
@@ -148,30 +161,50 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
          SELECT v.id, v.tenant_id, v.link_id, v.partner_id, v.campaign_id,
                 CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
                 v.ip_hash, v.user_agent, v.referer, v.created_at
-         FROM {} LEFT JOIN partners p ON p.id = v.partner_id",
-        db.dialect().json_rows("v", &CLICK_COLUMNS)
+         FROM {rows} LEFT JOIN partners p ON p.id = v.partner_id"
     );
     let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
-        let rows: Vec<ClickRow> = batch
-            .iter()
-            .map(|c| ClickRow {
-                id: &c.id,
-                tenant_id: &c.target.tenant_id,
-                link_id: &c.target.link_id,
-                partner_id: &c.target.partner_id,
-                campaign_id: &c.target.campaign_id,
-                ip_hash: &c.ip_hash,
-                user_agent: &c.user_agent,
-                referer: &c.referer,
-                created_at: c.created_at,
-            })
-            .collect();
-        let rows = Dialect::json_param(&rows)?;
-        sqlx::query(&sql).bind(rows).execute(&mut *tx).await?;
+        let query = match db.dialect() {
+            Dialect::Postgres => {
+                let column = |value: fn(&Click) -> &str| {
+                    Dialect::array_literal(batch.iter().map(|c| value(c)))
+                };
+                sqlx::query(&sql)
+                    .bind(column(|c| &c.id))
+                    .bind(column(|c| &c.target.tenant_id))
+                    .bind(column(|c| &c.target.link_id))
+                    .bind(column(|c| &c.target.partner_id))
+                    .bind(column(|c| &c.target.campaign_id))
+                    .bind(column(|c| &c.ip_hash))
+                    .bind(column(|c| &c.user_agent))
+                    .bind(column(|c| &c.referer))
+                    .bind(Dialect::array_literal(
+                        batch.iter().map(|c| c.created_at.to_string()),
+                    ))
+            }
+            Dialect::Sqlite => {
+                let rows: Vec<ClickRow> = batch
+                    .iter()
+                    .map(|c| ClickRow {
+                        id: &c.id,
+                        tenant_id: &c.target.tenant_id,
+                        link_id: &c.target.link_id,
+                        partner_id: &c.target.partner_id,
+                        campaign_id: &c.target.campaign_id,
+                        ip_hash: &c.ip_hash,
+                        user_agent: &c.user_agent,
+                        referer: &c.referer,
+                        created_at: c.created_at,
+                    })
+                    .collect();
+                sqlx::query(&sql).bind(Dialect::json_param(&rows)?)
+            }
+        };
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await
 }
