@@ -108,7 +108,7 @@ pub struct Click {
     pub created_at: i64,
 }
 
-/// A click as the batch insert reads it (see [`crate::db::Dialect::json_rows`]).
+/// A click as SQLite's batch insert reads it (see [`crate::db::Dialect::json_rows`]).
 #[derive(serde::Serialize)]
 struct ClickRow<'a> {
     id: &'a str,
