@@ -63,6 +63,18 @@ async fn fixture(engine: Engine) -> Fixture {
 }
 
 impl Fixture {
+    /// Enqueues `job` through a handoff in a transaction of its own and starts it after the
+    /// commit; returns how many jobs the handoff leased to this process's worker (0 or 1).
+    async fn enqueue_handed(&self, job: NewJob) -> usize {
+        let mut tx = self.db.write_global().await.unwrap();
+        let mut handoff = self.queue.handoff();
+        handoff.enqueue_in(&mut tx, job).await.unwrap();
+        let handed = handoff.handed();
+        tx.commit().await.unwrap();
+        handoff.start();
+        handed
+    }
+
     /// Enqueues a job of `kind` due now; returns its id.
     async fn enqueue(&self, kind: &str, payload: serde_json::Value) -> String {
         self.queue
@@ -84,6 +96,13 @@ fn fast() -> WorkerOptions {
 fn one_at_a_time() -> KindOptions {
     KindOptions {
         concurrency: 1,
+        ..KindOptions::default()
+    }
+}
+
+fn two_at_a_time() -> KindOptions {
+    KindOptions {
+        concurrency: 2,
         ..KindOptions::default()
     }
 }
@@ -728,11 +747,7 @@ async fn jobs_handed_over_at_enqueue_run_at_commit_without_a_claim(engine: Engin
     let f = fixture(engine).await;
     // Each run's in-memory context, if it got one.
     let ran: Arc<Mutex<Vec<Option<u64>>>> = Arc::default();
-    let two_at_a_time = KindOptions {
-        concurrency: 2,
-        ..KindOptions::default()
-    };
-    let worker = Worker::new(f.queue.clone(), idle()).register("ping", two_at_a_time, {
+    let worker = Worker::new(f.queue.clone(), idle()).register("ping", two_at_a_time(), {
         let ran = ran.clone();
         move |job: Job| {
             ran.lock().unwrap().push(job.local::<u64>().copied());
@@ -854,14 +869,7 @@ async fn a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy(e
     // A handed job every 10 ms keeps the worker's loop busy, and none of them wakes it to claim.
     let busy = async {
         loop {
-            let mut tx = f.db.write_global().await.unwrap();
-            let mut handoff = f.queue.handoff();
-            handoff
-                .enqueue_in(&mut tx, NewJob::new("ping", json!({})))
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            handoff.start();
+            f.enqueue_handed(NewJob::new("ping", json!({}))).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -884,27 +892,15 @@ async fn a_worker_looking_for_due_jobs_does_not_turn_away_handed_ones(engine: En
         ..idle()
     };
     let ran = Arc::new(Notify::new());
-    let two_at_a_time = KindOptions {
-        concurrency: 2,
-        ..KindOptions::default()
-    };
     let worker =
-        Worker::new(f.queue.clone(), options).register("ping", two_at_a_time, signals(&ran));
+        Worker::new(f.queue.clone(), options).register("ping", two_at_a_time(), signals(&ran));
     let (stop, handle) = spawn(worker);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // One job at a time, each after the one before has run: a slot is always free for it.
     let mut turned_away = 0;
     for _ in 0..100 {
-        let mut tx = f.db.write_global().await.unwrap();
-        let mut handoff = f.queue.handoff();
-        handoff
-            .enqueue_in(&mut tx, NewJob::new("ping", json!({})))
-            .await
-            .unwrap();
-        turned_away += 1 - handoff.handed();
-        tx.commit().await.unwrap();
-        handoff.start();
+        turned_away += 1 - f.enqueue_handed(NewJob::new("ping", json!({}))).await;
         tokio::time::timeout(Duration::from_secs(5), ran.notified())
             .await
             .expect("every job runs");
