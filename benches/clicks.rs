@@ -7,13 +7,17 @@
 //!     SWITCHYARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo bench --bench clicks
 //!
 //! The load generator shares the machine's cores with the server, for the reference as for
-//! Switchyard, so only the ratio between the two is meaningful.
+//! Switchyard, so only the ratio between the two is meaningful. Each run also prints the CPU time
+//! per request of the server (this process), wrk and PostgreSQL, from their own counters.
+
+mod common;
 
 use std::process::Command;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use clap::Parser as _;
+use common::Ticks;
 use serde_json::{json, Value};
 use switchyard::app::{self, Running};
 use switchyard::clock::Clock;
@@ -60,6 +64,17 @@ async fn main() {
             measured.p99_ms,
             100.0 * measured.rps / reference.rps
         );
+        for (what, figures) in [("bare axum 302", &reference), ("click router", &measured)] {
+            if let Some(cpu) = figures.cpu {
+                let per_request = |ticks| common::millis(ticks) * 1000.0 / figures.requests as f64;
+                println!(
+                    "CPU per request, {what:<14} server {:>5.1} us   wrk {:>5.1} us   PostgreSQL {:>5.1} us",
+                    per_request(cpu.own),
+                    per_request(cpu.children),
+                    per_request(cpu.postgres)
+                );
+            }
+        }
         println!(
             "clicks stored     {stored} for {} redirects counted by wrk ({} errors); {}",
             measured.requests,
@@ -182,14 +197,20 @@ struct Figures {
     p99_ms: f64,
     requests: u64,
     errors: u64,
+    /// What the server (this process), wrk and PostgreSQL used during the run.
+    cpu: Option<Ticks>,
 }
 
 /// Runs wrk against `url` and reads its report.
 fn wrk(url: &str) -> Figures {
+    let before = Ticks::now();
     let output = Command::new("wrk")
         .args(["-t2", "-c", CONNECTIONS, "-d", DURATION, "--latency", url])
         .output()
         .expect("wrk is installed (apt-get install wrk)");
+    let cpu = before
+        .zip(Ticks::now())
+        .map(|(before, after)| after.since(before));
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     let field = |prefix: &str| {
         report
@@ -229,6 +250,7 @@ fn wrk(url: &str) -> Figures {
         p99_ms: field("99%").map(|t| millis(&t)).unwrap_or(f64::NAN),
         requests,
         errors,
+        cpu,
     }
 }
 

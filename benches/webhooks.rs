@@ -13,12 +13,15 @@
 //! The hub runs with its default settings (pool size included) but an outbound allowlist for
 //! the local receiver and a high per-key rate limit.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use clap::Parser as _;
+use common::Ticks;
 use serde_json::json;
 use switchyard::app::{self, Running};
 use switchyard::clock::Clock;
@@ -273,36 +276,6 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// CPU time used so far, in clock ticks (1/100 s), by this process (hub, receiver and
-/// producers) and by every PostgreSQL process, from `/proc/<pid>/stat` (Linux). These
-/// per-process counters come from the scheduler's exact run times; the machine-wide ones in
-/// `/proc/stat` are sampled at each tick, which a load paced by timers can dodge.
-fn cpu_ticks() -> Option<u64> {
-    let me = std::process::id().to_string();
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid = entry.file_name();
-        let Some(pid) = pid
-            .to_str()
-            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if pid != me && comm.trim_end() != "postgres" {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue; // It exited.
-        };
-        // After the command's closing parenthesis, from the state on: utime and stime are the
-        // 12th and 13th fields.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    }
-    Some(ticks)
-}
-
 /// Emits `messages` (as fast as possible, or at `rate` per second) and waits for every
 /// delivery.
 async fn measure(
@@ -318,7 +291,7 @@ async fn measure(
     // A burst comes from EMITTERS concurrent producers, as from that many API requests at once;
     // the paced run from one producer keeping the schedule.
     let emitters = if rate.is_some() { 1 } else { EMITTERS };
-    let cpu_before = cpu_ticks();
+    let cpu_before = Ticks::now();
     let started = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for first in 0..emitters {
@@ -361,8 +334,10 @@ async fn measure(
     while producers.join_next().await.is_some() {}
     let elapsed = started.elapsed();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let cpu = cpu_before.zip(cpu_ticks()).map(|(before, after)| {
-        let cpu_ms = (after - before) as f64 * 10.0;
+    // The hub, the receiver and the producers (this process), and PostgreSQL.
+    let cpu = cpu_before.zip(Ticks::now()).map(|(before, after)| {
+        let used = after.since(before);
+        let cpu_ms = common::millis(used.own + used.postgres);
         let share = cpu_ms / (cores * elapsed.as_secs_f64() * 1000.0);
         (100.0 * share, cpu_ms / messages as f64)
     });
