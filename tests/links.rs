@@ -14,6 +14,7 @@ on_both_engines!(
     link_keys_are_unique_url_safe_and_unguessable,
     only_admins_and_the_partner_itself_create_its_links,
     concurrent_clicks_are_all_stored_by_a_clean_shutdown,
+    a_flush_waits_for_every_click_answered_before_it,
 );
 
 /// A partner with a link to a campaign created with `campaign` fields; returns
@@ -424,4 +425,47 @@ async fn concurrent_clicks_are_all_stored_by_a_clean_shutdown(engine: Engine) {
         300,
         "every redirected click is stored"
     );
+}
+
+/// What a request naming a click relies on (events, identities): once `Links::flush` returns,
+/// every click answered before it is in the database, also when the batches holding them are
+/// still being written while later ones gather.
+async fn a_flush_waits_for_every_click_answered_before_it(engine: Engine) {
+    let mut srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
+    let (_, _, link) = linked(&srv, json!({})).await;
+    let url = srv.url(&format!("/r/{}", link["key"].as_str().unwrap()));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (holder, lock) = srv.lock_table("clicks").await;
+    // Waves of clicks, so that batches are taken (and stall on the lock) one after another.
+    for _ in 0..4 {
+        let mut clickers = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let request = client.get(&url);
+            clickers.spawn(async move { request.send().await.unwrap().status() });
+        }
+        let statuses = clickers.join_all().await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let running = srv.running.take().unwrap();
+    let links = running.state.links.clone();
+    let flush = tokio::spawn(async move { links.flush().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!flush.is_finished(), "the flush returned before the writes");
+
+    lock.rollback().await.unwrap();
+    flush.await.unwrap();
+    let (written,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM clicks")
+        .fetch_one(holder.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        written, 400,
+        "every click answered before the flush is stored"
+    );
+    holder.close().await;
+    running.shutdown().await.unwrap();
 }
