@@ -23,8 +23,9 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
-    /// HMAC key for [`SecretBox::fingerprint`], derived from the secrets key.
-    fingerprint_key: [u8; 32],
+    /// The HMAC for [`SecretBox::fingerprint`], keyed with a key derived from the secrets key
+    /// (each digest starts from a copy, so the key is prepared once).
+    fingerprint: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -55,19 +56,18 @@ impl SecretBox {
         let fingerprint_key = Sha256::new()
             .chain_update(b"switchyard fingerprint v1")
             .chain_update(&bytes)
-            .finalize()
-            .into();
+            .finalize();
         Ok(Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
-            fingerprint_key,
+            fingerprint: <Hmac<Sha256> as Mac>::new_from_slice(&fingerprint_key)
+                .expect("HMAC takes keys of any length"),
         })
     }
 
     /// A keyed, one-way digest of `data` (128 bits, hex): recognisable when it recurs, but not
     /// reversible by anyone without the secrets key, even for small inputs such as IP addresses.
     pub fn fingerprint(&self, data: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.fingerprint.clone();
         mac.update(data.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
@@ -137,6 +137,25 @@ mod tests {
     use super::*;
 
     const HEX_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn a_fingerprint_is_the_same_from_one_version_to_the_next() {
+        // HMAC-SHA256 under SHA-256("switchyard fingerprint v1" || key), first 16 bytes, as
+        // Python's hmac module computes it: stored click fingerprints stay comparable.
+        let secrets = SecretBox::from_encoded_key(HEX_KEY).unwrap();
+        assert_eq!(
+            secrets.fingerprint("ten_1:127.0.0.1"),
+            "df5a1d350f144957b70adab869a65595"
+        );
+        assert_eq!(
+            secrets.fingerprint("ten_1:127.0.0.1"),
+            secrets.fingerprint("ten_1:127.0.0.1")
+        );
+        assert_ne!(
+            secrets.fingerprint("ten_1:127.0.0.1"),
+            secrets.fingerprint("ten_2:127.0.0.1")
+        );
+    }
 
     #[test]
     fn a_sealed_secret_opens_with_the_same_key_only() {

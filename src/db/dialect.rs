@@ -83,12 +83,14 @@ impl Dialect {
                 literal.push(',');
             }
             literal.push('"');
-            for c in item.as_ref().chars() {
-                if c == '"' || c == '\\' {
-                    literal.push('\\');
-                }
-                literal.push(c);
+            let mut rest = item.as_ref();
+            while let Some(at) = rest.find(['"', '\\']) {
+                literal.push_str(&rest[..at]);
+                literal.push('\\');
+                literal.push_str(&rest[at..=at]);
+                rest = &rest[at + 1..];
             }
+            literal.push_str(rest);
             literal.push('"');
         }
         literal.push('}');
@@ -172,6 +174,15 @@ mod tests {
     fn multi_row_values_number_parameters_in_order() {
         assert_eq!(Dialect::Postgres.values(2, 2), "($1, $2), ($3, $4)");
         assert_eq!(Dialect::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+    }
+
+    #[test]
+    fn array_literals_quote_and_escape_every_item() {
+        assert_eq!(
+            Dialect::array_literal(["plain", "", r#"a "quoted" \ one"#, r"{x,y}\"]),
+            r#"{"plain","","a \"quoted\" \\ one","{x,y}\\"}"#
+        );
+        assert_eq!(Dialect::array_literal(Vec::<&str>::new()), "{}");
     }
 
     #[test]

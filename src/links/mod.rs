@@ -61,6 +61,44 @@ pub struct Target {
     pub destination: url::Url,
     pub allowed_domains: Vec<String>,
     pub click_param: String,
+    /// The destination with its click parameter, split where the click id goes (see
+    /// [`Target::location`]).
+    location: (String, String),
+}
+
+impl Target {
+    /// The router's view of a stored link; `None` when its destination is not a URL.
+    pub fn from_row(row: store::LinkRow) -> Option<Self> {
+        let destination = url::Url::parse(&row.destination_url).ok()?;
+        // A stand-in click id made of letters, as a click id is, so it is encoded the same.
+        const MARK: &str = "CLICKID";
+        let marked = with_click_id(destination.clone(), &row.click_param, MARK);
+        // The click parameter ends the query, which only the fragment may follow.
+        let end = marked.as_str().len() - marked.fragment().map_or(0, |f| f.len() + 1);
+        let (head, tail) = marked.as_str().split_at(end);
+        let location = (head[..end - MARK.len()].to_owned(), tail.to_owned());
+        Some(Target {
+            tenant_id: row.tenant_id,
+            link_id: row.link_id,
+            partner_id: row.partner_id,
+            campaign_id: row.campaign_id,
+            destination,
+            allowed_domains: row
+                .allowed_domains
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            click_param: row.click_param,
+            location,
+        })
+    }
+
+    /// Where a click without a deep link goes: the destination with `click_id` as its click
+    /// parameter, as [`with_click_id`] makes it, without parsing the destination again.
+    pub fn location(&self, click_id: &str) -> String {
+        let (head, tail) = &self.location;
+        [head, click_id, tail].concat()
+    }
 }
 
 /// What the recorder receives, in order: clicks, and flush requests answered once every click
@@ -108,22 +146,9 @@ impl Links {
         let Some(row) = store::find_by_key(&self.db, key).await? else {
             return Ok(None);
         };
-        let Ok(destination) = url::Url::parse(&row.destination_url) else {
+        let Some(target) = Target::from_row(row).map(Arc::new) else {
             return Ok(None);
         };
-        let target = Arc::new(Target {
-            destination,
-            allowed_domains: row
-                .allowed_domains
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
-            tenant_id: row.tenant_id,
-            link_id: row.link_id,
-            partner_id: row.partner_id,
-            campaign_id: row.campaign_id,
-            click_param: row.click_param,
-        });
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
@@ -279,16 +304,21 @@ pub fn with_click_id(mut url: url::Url, param: &str, click_id: &str) -> url::Url
 mod tests {
     use super::*;
 
-    fn target() -> Target {
-        Target {
+    fn target_to(destination: &str, click_param: &str) -> Target {
+        Target::from_row(store::LinkRow {
             tenant_id: "ten".to_owned(),
             link_id: "lnk".to_owned(),
             partner_id: "ptr".to_owned(),
             campaign_id: "cmp".to_owned(),
-            destination: url::Url::parse("https://example.com/landing?utm=x").unwrap(),
-            allowed_domains: vec!["shop.example.org".to_owned()],
-            click_param: "click_id".to_owned(),
-        }
+            destination_url: destination.to_owned(),
+            allowed_domains: "shop.example.org".to_owned(),
+            click_param: click_param.to_owned(),
+        })
+        .unwrap()
+    }
+
+    fn target() -> Target {
+        target_to("https://example.com/landing?utm=x", "click_id")
     }
 
     #[test]
@@ -317,6 +347,26 @@ mod tests {
             "/relative",
         ] {
             assert!(deep_link(&t, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_location_is_the_destination_with_the_click_id() {
+        for (destination, param) in [
+            ("https://example.com/landing?utm=x", "click_id"),
+            ("https://example.com", "click_id"),
+            ("https://example.com/p?a=1&click_id=old&b=2#top", "click_id"),
+            ("https://example.com/p#section?x=CLICKID", "c id&="),
+            ("https://example.com/CLICKID?q=CLICKID", "CLICKID"),
+        ] {
+            let target = target_to(destination, param);
+            let expected =
+                with_click_id(url::Url::parse(destination).unwrap(), param, "clk_01JD4X");
+            assert_eq!(
+                target.location("clk_01JD4X"),
+                expected.as_str(),
+                "{destination}"
+            );
         }
     }
 

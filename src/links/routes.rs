@@ -218,15 +218,12 @@ pub async fn follow(
         return Err(not_found());
     }
     let target = state.links.resolve(&key).await?.ok_or_else(not_found)?;
-    let destination = query
-        .to
-        .as_deref()
-        .and_then(|to| deep_link(&target, to))
-        .unwrap_or_else(|| target.destination.clone());
     let click_id = ids::new("clk");
-    let location = with_click_id(destination, &target.click_param, &click_id);
-    let location =
-        HeaderValue::from_str(location.as_str()).map_err(|e| Error::Internal(e.into()))?;
+    let location = match query.to.as_deref().and_then(|to| deep_link(&target, to)) {
+        Some(deep) => with_click_id(deep, &target.click_param, &click_id).into(),
+        None => target.location(&click_id),
+    };
+    let location = HeaderValue::try_from(location).map_err(|e| Error::Internal(e.into()))?;
     let click = Click {
         ip_hash: state
             .secrets
@@ -261,13 +258,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // A value `to_str` accepts is visible ASCII, so any byte offset is a character boundary.
         let text = |name: header::HeaderName, max: usize| {
             let value = parts.headers.get(name).and_then(|v| v.to_str().ok());
-            value
-                .unwrap_or_default()
-                .chars()
-                .take(max)
-                .collect::<String>()
+            let value = value.unwrap_or_default();
+            value[..value.len().min(max)].to_owned()
         };
         Ok(Visitor {
             user_agent: text(header::USER_AGENT, 512),
