@@ -7,8 +7,7 @@
 //!   at once; other nodes see it within the TTL). Unknown keys are not cached.
 //! - Clicks are buffered and group-committed (ADR 7): a request hands its click to one recorder
 //!   task and answers; the recorder writes every click waiting (up to [`MAX_BATCH`]) in one
-//!   transaction, with up to [`WRITERS`] transactions at once on their own connections, and
-//!   while they commit the next batch gathers. A batch that fails is retried
+//!   transaction, and while one batch commits the next gathers. A batch that fails is retried
 //!   until it commits, never dropped. The buffer holds at most [`BUFFER`] clicks; beyond that a
 //!   request waits for room (up to [`ROOM_WAIT`], then 503), so a slow database slows the router
 //!   instead of growing memory. A clean shutdown stores every buffered click before the pool
@@ -27,7 +26,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesOrdered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -41,8 +39,6 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_CAPACITY: usize = 100_000;
 /// Clicks written in one transaction at most.
 pub const MAX_BATCH: usize = 512;
-/// Batches written at once, each in its own transaction on its own connection.
-const WRITERS: usize = 2;
 /// Clicks answered but not yet handed to a transaction, at most.
 pub const BUFFER: usize = 8 * MAX_BATCH;
 /// How long a request waits for room in a full buffer before it answers 503.
@@ -196,61 +192,39 @@ impl Links {
     }
 }
 
-/// The recorder task: writes buffered clicks batch by batch, up to [`WRITERS`] batches at once,
-/// until the buffer is closed and empty and every batch has committed.
+/// The recorder task: writes buffered clicks batch by batch until the buffer is closed and empty.
 async fn record(db: Db, mut entries: mpsc::Receiver<Entry>, mut stopping: watch::Receiver<bool>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Batches being written, in the order they were taken: each yields its flush requests once it
-    // and every batch before it have committed.
-    let mut writing = FuturesOrdered::new();
-    let mut taking = true;
     loop {
-        tokio::select! {
-            Some(flushed) = writing.next(), if !writing.is_empty() => answer(flushed),
-            received = entries.recv_many(&mut batch, MAX_BATCH), if writing.len() < WRITERS => {
-                if received == 0 {
-                    break;
-                }
-                let mut clicks = Vec::with_capacity(batch.len());
-                let mut flushes = Vec::new();
-                for entry in batch.drain(..) {
-                    match entry {
-                        Entry::Click(click) => clicks.push(click),
-                        Entry::Flush(done) => flushes.push(done),
-                    }
-                }
-                let db = db.clone();
-                writing.push_back(async move {
-                    store_until_committed(&db, &clicks).await;
-                    flushes
-                });
-            }
-            // No more clicks come in; the ones buffered are still received.
-            _ = stopping.changed(), if taking => {
+        let received = tokio::select! {
+            received = entries.recv_many(&mut batch, MAX_BATCH) => received,
+            _ = stopping.changed() => {
+                // No more clicks come in; the ones buffered are still received.
                 entries.close();
-                taking = false;
+                entries.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        let mut clicks = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
+        for entry in batch.drain(..) {
+            match entry {
+                Entry::Click(click) => clicks.push(click),
+                Entry::Flush(done) => waiting.push(done),
             }
         }
-    }
-    while let Some(flushed) = writing.next().await {
-        answer(flushed);
-    }
-}
-
-fn answer(flushes: Vec<oneshot::Sender<()>>) {
-    for done in flushes {
-        let _ = done.send(());
-    }
-}
-
-/// Writes `clicks` in one transaction, again and again until it commits.
-async fn store_until_committed(db: &Db, clicks: &[Click]) {
-    let mut pause = RETRY_FIRST;
-    while let Err(err) = store::insert_clicks(db, clicks).await {
-        tracing::error!(error = %err, clicks = clicks.len(), retry_in = ?pause,
-            "storing clicks failed; they stay buffered");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_MAX);
+        let mut pause = RETRY_FIRST;
+        while let Err(err) = store::insert_clicks(&db, &clicks).await {
+            tracing::error!(error = %err, clicks = clicks.len(), retry_in = ?pause,
+                "storing clicks failed; they stay buffered");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
     }
 }
 
