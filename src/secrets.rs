@@ -147,10 +147,6 @@ mod tests {
             secrets.fingerprint("ten_1:127.0.0.1"),
             "df5a1d350f144957b70adab869a65595"
         );
-        assert_eq!(
-            secrets.fingerprint("ten_1:127.0.0.1"),
-            secrets.fingerprint("ten_1:127.0.0.1")
-        );
         assert_ne!(
             secrets.fingerprint("ten_1:127.0.0.1"),
             secrets.fingerprint("ten_2:127.0.0.1")
