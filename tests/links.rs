@@ -52,6 +52,30 @@ async fn clicks(srv: &TestServer) -> Vec<(String, String, String, i64, String, S
     rows
 }
 
+/// Follows `url` `n` times at once without following the redirects; each answer is a 302.
+async fn click_at_once(url: &str, n: usize) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut clickers = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let request = client.get(url);
+        clickers.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let statuses = clickers.join_all().await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
+}
+
+/// The clicks committed so far, read on `db` without waiting for the recorder.
+async fn committed_clicks(db: &switchyard::db::Db) -> i64 {
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM clicks")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    count
+}
+
 fn query_param(location: &str, name: &str) -> Option<String> {
     url::Url::parse(location)
         .unwrap()
@@ -397,22 +421,12 @@ async fn concurrent_clicks_are_all_stored_by_a_clean_shutdown(engine: Engine) {
 
     let (holder, lock) = srv.lock_table("clicks").await;
 
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut clickers = tokio::task::JoinSet::new();
-    for _ in 0..300 {
-        let request = client.get(&url);
-        clickers.spawn(async move { request.send().await.unwrap().status() });
-    }
-    let statuses = clickers.join_all().await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
-    let (written,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM clicks")
-        .fetch_one(holder.pool())
-        .await
-        .unwrap();
-    assert_eq!(written, 0, "the redirects did not wait for the writes");
+    click_at_once(&url, 300).await;
+    assert_eq!(
+        committed_clicks(&holder).await,
+        0,
+        "the redirects did not wait for the writes"
+    );
 
     let running = srv.running.take().unwrap();
     let shutdown = tokio::spawn(running.shutdown());
@@ -434,20 +448,10 @@ async fn a_flush_waits_for_every_click_answered_before_it(engine: Engine) {
     let mut srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
     let (_, _, link) = linked(&srv, json!({})).await;
     let url = srv.url(&format!("/r/{}", link["key"].as_str().unwrap()));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let (holder, lock) = srv.lock_table("clicks").await;
     // Waves of clicks, so that batches are taken (and stall on the lock) one after another.
     for _ in 0..4 {
-        let mut clickers = tokio::task::JoinSet::new();
-        for _ in 0..100 {
-            let request = client.get(&url);
-            clickers.spawn(async move { request.send().await.unwrap().status() });
-        }
-        let statuses = clickers.join_all().await;
-        assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
+        click_at_once(&url, 100).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let running = srv.running.take().unwrap();
@@ -458,12 +462,9 @@ async fn a_flush_waits_for_every_click_answered_before_it(engine: Engine) {
 
     lock.rollback().await.unwrap();
     flush.await.unwrap();
-    let (written,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM clicks")
-        .fetch_one(holder.pool())
-        .await
-        .unwrap();
     assert_eq!(
-        written, 400,
+        committed_clicks(&holder).await,
+        400,
         "every click answered before the flush is stored"
     );
     holder.close().await;
