@@ -160,8 +160,8 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let Some((first, _)) = groups.first() else {
         return Ok(());
     };
-    let sql = match db.dialect() {
-        Dialect::Postgres => POSTGRES_INSERT.to_owned(),
+    let sql: std::borrow::Cow<str> = match db.dialect() {
+        Dialect::Postgres => POSTGRES_INSERT.into(),
         Dialect::Sqlite => format!(
             "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked,
                                  ip_hash, user_agent, referer, created_at)
@@ -170,7 +170,8 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                     v.ip_hash, v.user_agent, v.referer, v.created_at
              FROM {} LEFT JOIN partners p ON p.id = v.partner_id",
             db.dialect().json_rows("v", &CLICK_COLUMNS)
-        ),
+        )
+        .into(),
     };
     let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
