@@ -15,6 +15,7 @@ on_both_engines!(
     only_admins_and_the_partner_itself_create_its_links,
     concurrent_clicks_are_all_stored_by_a_clean_shutdown,
     a_flush_waits_for_every_click_answered_before_it,
+    clicks_written_together_keep_their_own_partner_and_flag,
 );
 
 /// A partner with a link to a campaign created with `campaign` fields; returns
@@ -53,7 +54,8 @@ async fn clicks(srv: &TestServer) -> Vec<(String, String, String, i64, String, S
 }
 
 /// Follows `url` `n` times at once without following the redirects; each answer is a 302.
-async fn click_at_once(url: &str, n: usize) {
+/// Returns the locations.
+async fn click_at_once(url: &str, n: usize) -> Vec<String> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -61,10 +63,14 @@ async fn click_at_once(url: &str, n: usize) {
     let mut clickers = tokio::task::JoinSet::new();
     for _ in 0..n {
         let request = client.get(url);
-        clickers.spawn(async move { request.send().await.unwrap().status() });
+        clickers.spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::FOUND);
+            let location = &response.headers()[reqwest::header::LOCATION];
+            location.to_str().unwrap().to_owned()
+        });
     }
-    let statuses = clickers.join_all().await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::FOUND));
+    clickers.join_all().await
 }
 
 /// The clicks committed so far, read on `db` without waiting for the recorder.
@@ -469,4 +475,51 @@ async fn a_flush_waits_for_every_click_answered_before_it(engine: Engine) {
     );
     holder.close().await;
     running.shutdown().await.unwrap();
+}
+
+/// Clicks on two partners' links, one partner revoked, written in the same batches (they wait
+/// behind a lock, so batches hold hundreds, more than one insert statement's worth on SQLite):
+/// each stored click keeps its own link's partner, and only the revoked partner's are flagged.
+async fn clicks_written_together_keep_their_own_partner_and_flag(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
+    let (campaign, revoked, revoked_link) = linked(&srv, json!({"click_param": "sy_click"})).await;
+    let active = srv.partner("active@example.com").await;
+    let (status, active_link) = srv
+        .post(
+            &format!("/v1/partners/{}/links", active["id"].as_str().unwrap()),
+            &srv.admin_key,
+            json!({"campaign_id": campaign["id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{active_link}");
+    let revoke = format!("/v1/partners/{}/revoke", revoked["id"].as_str().unwrap());
+    srv.post(&revoke, &srv.admin_key, json!({})).await;
+
+    let [revoked_url, active_url] = [&revoked_link, &active_link]
+        .map(|l| srv.url(&format!("/r/{}", l["key"].as_str().unwrap())));
+    let (holder, lock) = srv.lock_table("clicks").await;
+    let (from_revoked, from_active) = tokio::join!(
+        click_at_once(&revoked_url, 150),
+        click_at_once(&active_url, 150)
+    );
+    lock.rollback().await.unwrap();
+    holder.close().await;
+
+    let stored: std::collections::HashMap<String, (String, i64)> = clicks(&srv)
+        .await
+        .into_iter()
+        .map(|(id, partner, _, flag, ..)| (id, (partner, flag)))
+        .collect();
+    assert_eq!(stored.len(), 300, "every click is stored");
+    for (locations, partner, flag) in [(from_revoked, &revoked, 1), (from_active, &active, 0)] {
+        for location in locations {
+            let id = query_param(&location, "sy_click").unwrap();
+            assert_eq!(
+                stored[&id],
+                (partner["id"].as_str().unwrap().to_owned(), flag),
+                "click {id}"
+            );
+        }
+    }
+    srv.stop().await;
 }

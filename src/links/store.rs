@@ -108,20 +108,6 @@ pub struct Click {
     pub created_at: i64,
 }
 
-/// A click as SQLite's batch insert reads it (see [`crate::db::Dialect::json_rows`]).
-#[derive(serde::Serialize)]
-struct ClickRow<'a> {
-    id: &'a str,
-    tenant_id: &'a str,
-    link_id: &'a str,
-    partner_id: &'a str,
-    campaign_id: &'a str,
-    ip_hash: &'a str,
-    user_agent: &'a str,
-    referer: &'a str,
-    created_at: i64,
-}
-
 /// PostgreSQL's batch insert: `$1`..`$9` one array per column, `$10` the batch's partners.
 const POSTGRES_INSERT: &str = "
     INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
@@ -136,49 +122,48 @@ const POSTGRES_INSERT: &str = "
          AS v(id, tenant_id, link_id, partner_id, campaign_id, ip_hash, user_agent, referer,
               created_at)";
 
-const CLICK_COLUMNS: [(&str, &str); 9] = [
-    ("id", "text"),
-    ("tenant_id", "text"),
-    ("link_id", "text"),
-    ("partner_id", "text"),
-    ("campaign_id", "text"),
-    ("ip_hash", "text"),
-    ("user_agent", "text"),
-    ("referer", "text"),
-    ("created_at", "bigint"),
-];
+/// The most clicks SQLite's insert binds at once (nine parameters each).
+const SQLITE_CHUNK: usize = 128;
+
+/// SQLite's insert of `rows` clicks, for each power of two up to [`SQLITE_CHUNK`]: a `VALUES`
+/// list of anonymous parameters, nine per click in the order of `v`'s columns.
+static SQLITE_INSERTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=SQLITE_CHUNK.ilog2())
+        .map(|power| {
+            format!(
+                "WITH v(id, tenant_id, link_id, partner_id, campaign_id, ip_hash, user_agent,
+                        referer, created_at) AS (VALUES {})
+                 INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked,
+                                     ip_hash, user_agent, referer, created_at)
+                 SELECT v.id, v.tenant_id, v.link_id, v.partner_id, v.campaign_id,
+                        CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
+                        v.ip_hash, v.user_agent, v.referer, v.created_at
+                 FROM v LEFT JOIN partners p ON p.id = v.partner_id",
+                Dialect::Sqlite.values(1 << power, 9)
+            )
+        })
+        .collect()
+});
 
 /// Writes `clicks` (of any tenants) in one transaction, one insert per tenant. A click is
 /// flagged `revoked` when its partner is revoked as of this commit (not as of a cached read).
 ///
 /// PostgreSQL reads the rows from one array parameter per column (`unnest`), which it parses
 /// in about half the time of the same rows as JSON objects, and looks up the batch's partners
-/// once (a join would hash every row of the batch, or scan every partner); SQLite reads one JSON
-/// parameter (see [`crate::db::Dialect::json_rows`]) and looks up each row's partner by key.
+/// once (a join would hash every row of the batch, or scan every partner). SQLite binds each
+/// value, in chunks of a power of two clicks (so a connection prepares at most eight
+/// statements), and looks up each row's partner by key.
 pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
     let groups = crate::db::by_tenant(clicks, |c| &c.target.tenant_id);
     let Some((first, _)) = groups.first() else {
         return Ok(());
-    };
-    let sql: std::borrow::Cow<str> = match db.dialect() {
-        Dialect::Postgres => POSTGRES_INSERT.into(),
-        Dialect::Sqlite => format!(
-            "INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked,
-                                 ip_hash, user_agent, referer, created_at)
-             SELECT v.id, v.tenant_id, v.link_id, v.partner_id, v.campaign_id,
-                    CASE WHEN p.status = 'revoked' THEN 1 ELSE 0 END,
-                    v.ip_hash, v.user_agent, v.referer, v.created_at
-             FROM {} LEFT JOIN partners p ON p.id = v.partner_id",
-            db.dialect().json_rows("v", &CLICK_COLUMNS)
-        )
-        .into(),
     };
     let mut tx = db.write_unflushed(first).await?;
     for (n, (tenant, batch)) in groups.iter().enumerate() {
         if n > 0 {
             db.set_local(&mut tx, TENANT_SETTING, tenant).await?;
         }
-        let query = match db.dialect() {
+        match db.dialect() {
             Dialect::Postgres => {
                 let column = |value: fn(&Click) -> &str| {
                     Dialect::array_literal(batch.iter().map(|c| value(c)))
@@ -187,7 +172,7 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                     batch.iter().map(|c| c.target.partner_id.as_str()).collect();
                 partners.sort_unstable();
                 partners.dedup();
-                sqlx::query(&sql)
+                sqlx::query(POSTGRES_INSERT)
                     .bind(column(|c| &c.id))
                     .bind(column(|c| &c.target.tenant_id))
                     .bind(column(|c| &c.target.link_id))
@@ -200,26 +185,33 @@ pub async fn insert_clicks(db: &Db, clicks: &[Click]) -> sqlx::Result<()> {
                         batch.iter().map(|c| c.created_at.to_string()),
                     ))
                     .bind(Dialect::array_literal(partners))
+                    .execute(&mut *tx)
+                    .await?;
             }
             Dialect::Sqlite => {
-                let rows: Vec<ClickRow> = batch
-                    .iter()
-                    .map(|c| ClickRow {
-                        id: &c.id,
-                        tenant_id: &c.target.tenant_id,
-                        link_id: &c.target.link_id,
-                        partner_id: &c.target.partner_id,
-                        campaign_id: &c.target.campaign_id,
-                        ip_hash: &c.ip_hash,
-                        user_agent: &c.user_agent,
-                        referer: &c.referer,
-                        created_at: c.created_at,
-                    })
-                    .collect();
-                sqlx::query(&sql).bind(Dialect::json_param(&rows)?)
+                let mut rest = &batch[..];
+                while !rest.is_empty() {
+                    let power = rest.len().min(SQLITE_CHUNK).ilog2();
+                    let (chunk, tail) = rest.split_at(1 << power);
+                    let mut query = sqlx::query(&SQLITE_INSERTS[power as usize]);
+                    for c in chunk {
+                        let t = &c.target;
+                        query = query
+                            .bind(c.id.as_str())
+                            .bind(t.tenant_id.as_str())
+                            .bind(t.link_id.as_str())
+                            .bind(t.partner_id.as_str())
+                            .bind(t.campaign_id.as_str())
+                            .bind(c.ip_hash.as_str())
+                            .bind(c.user_agent.as_str())
+                            .bind(c.referer.as_str())
+                            .bind(c.created_at);
+                    }
+                    query.execute(&mut *tx).await?;
+                    rest = tail;
+                }
             }
-        };
-        query.execute(&mut *tx).await?;
+        }
     }
     tx.commit().await
 }
