@@ -108,7 +108,9 @@ pub struct Click {
     pub created_at: i64,
 }
 
-/// PostgreSQL's batch insert: `$1`..`$9` one array per column, `$10` the batch's partners.
+/// PostgreSQL's batch insert: `$1`..`$9` one array per column, `$10` the batch's partners. The
+/// arrays are unnested side by side in the select list, which streams their rows; `unnest` in
+/// `FROM` would first copy them all into a tuplestore.
 const POSTGRES_INSERT: &str = "
     INSERT INTO clicks (id, tenant_id, link_id, partner_id, campaign_id, revoked, ip_hash,
                         user_agent, referer, created_at)
@@ -117,10 +119,11 @@ const POSTGRES_INSERT: &str = "
                                       WHERE p.id = ANY($10::text[]) AND p.status = 'revoked'))
                 THEN 1 ELSE 0 END,
            v.ip_hash, v.user_agent, v.referer, v.created_at
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::bigint[])
-         AS v(id, tenant_id, link_id, partner_id, campaign_id, ip_hash, user_agent, referer,
-              created_at)";
+    FROM (SELECT unnest($1::text[]) AS id, unnest($2::text[]) AS tenant_id,
+                 unnest($3::text[]) AS link_id, unnest($4::text[]) AS partner_id,
+                 unnest($5::text[]) AS campaign_id, unnest($6::text[]) AS ip_hash,
+                 unnest($7::text[]) AS user_agent, unnest($8::text[]) AS referer,
+                 unnest($9::bigint[]) AS created_at) AS v";
 
 /// The most clicks SQLite's insert binds at once (nine parameters each).
 const SQLITE_CHUNK: usize = 128;
