@@ -75,7 +75,7 @@ async fn main() {
         let rps = |runs: &[Figures; 2]| (runs[0].rps + runs[1].rps) / 2.0;
         let worst_p99 = routed[0].p99_ms.max(routed[1].p99_ms);
         println!(
-            "click router: {:.0}% of bare (means of two runs each), p99 {worst_p99:.2} ms (the worse run)",
+            "click router: {:.1}% of bare (means of two runs each), p99 {worst_p99:.2} ms (the worse run)",
             100.0 * rps(&routed) / rps(&bare)
         );
         for (what, runs) in [("bare axum 302", &bare), ("click router", &routed)] {
