@@ -23,6 +23,12 @@ on_both_engines!(
 async fn linked(srv: &TestServer, campaign: Value) -> (Value, Value, Value) {
     let campaign = srv.campaign(campaign).await;
     let partner = srv.partner("linker@example.com").await;
+    let link = link_for(srv, &partner, &campaign).await;
+    (campaign, partner, link)
+}
+
+/// A new link of `partner` to `campaign`, made by the admin.
+async fn link_for(srv: &TestServer, partner: &Value, campaign: &Value) -> Value {
     let (status, link) = srv
         .post(
             &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
@@ -31,7 +37,7 @@ async fn linked(srv: &TestServer, campaign: Value) -> (Value, Value, Value) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{link}");
-    (campaign, partner, link)
+    link
 }
 
 /// The stored clicks: (id, partner_id, campaign_id, revoked, ip_hash, user_agent, referer).
@@ -484,14 +490,7 @@ async fn clicks_written_together_keep_their_own_partner_and_flag(engine: Engine)
     let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "100000"]).await;
     let (campaign, revoked, revoked_link) = linked(&srv, json!({"click_param": "sy_click"})).await;
     let active = srv.partner("active@example.com").await;
-    let (status, active_link) = srv
-        .post(
-            &format!("/v1/partners/{}/links", active["id"].as_str().unwrap()),
-            &srv.admin_key,
-            json!({"campaign_id": campaign["id"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{active_link}");
+    let active_link = link_for(&srv, &active, &campaign).await;
     let revoke = format!("/v1/partners/{}/revoke", revoked["id"].as_str().unwrap());
     srv.post(&revoke, &srv.admin_key, json!({})).await;
 
