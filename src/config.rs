@@ -208,10 +208,7 @@ impl Config {
 
     /// The SQLite database file, when the database is a SQLite file.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.database_url.strip_prefix("sqlite:")?;
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let path = rest.split('?').next().unwrap_or_default();
-        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+        crate::db::sqlite_file(&self.database_url)
     }
 }
 

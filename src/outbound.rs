@@ -1,12 +1,13 @@
 //! The one outbound HTTP client: webhooks, postbacks, the Network and Stripe all send through it.
 //!
 //! Its SSRF guard refuses loopback, private, link-local, multicast, unspecified, reserved and
-//! IPv4-mapped/NAT64 forms of them, unless the address is inside an allowlisted network
+//! IPv4-embedding forms of them (mapped, compatible, NAT64, 6to4), unless the address is inside an allowlisted network
 //! (`SWITCHYARD_OUTBOUND_ALLOW`; tests allow 127.0.0.0/8). The check runs where the connection is
 //! made: host names are resolved by the guard's own resolver, which hands the connector only
 //! permitted addresses, so a name that resolves to a public address when checked and to an
 //! internal one when used (DNS rebinding) cannot slip through. Literal addresses never reach a
-//! resolver and are checked before sending. Redirects are never followed.
+//! resolver and are checked before sending. Redirects are never followed, and proxies from the
+//! environment are ignored (a proxy would resolve names past the guard).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +26,6 @@ pub struct Guard {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
     Timeout,
-    Dns,
     Connect,
     SsrfBlocked,
     InvalidUrl,
@@ -36,7 +36,6 @@ impl FailureClass {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
-            Self::Dns => "dns",
             Self::Connect => "connect",
             Self::SsrfBlocked => "ssrf_blocked",
             Self::InvalidUrl => "invalid_url",
@@ -52,9 +51,16 @@ pub struct SendError {
     pub detail: String,
 }
 
+/// A target the guard refused. A host name that does not resolve is refused in the same words
+/// as one that resolves only to internal addresses, and neither names an address: a tenant
+/// probing with webhook URLs cannot tell which internal names exist.
 #[derive(Debug, thiserror::Error)]
-#[error("address {0} is not allowed for outbound requests")]
-struct Blocked(IpAddr);
+enum Refused {
+    #[error("address {0} is not allowed for outbound requests")]
+    Address(IpAddr),
+    #[error("host {0} has no address that outbound requests may reach")]
+    Name(String),
+}
 
 impl Guard {
     /// A guard that additionally permits `allow` (CIDR networks such as `127.0.0.0/8`).
@@ -67,29 +73,34 @@ impl Guard {
     }
 }
 
-/// True for addresses on the public internet.
+/// True for addresses on the public internet. IPv6 forms that carry an IPv4 address (mapped,
+/// IPv4-compatible, NAT64, 6to4) are judged by the IPv4 address they carry.
 fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let segments = v6.segments();
-            // NAT64 (64:ff9b::/96) embeds an IPv4 address in the last 32 bits.
-            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [.., a, b, c, d] = v6.octets();
-                return is_public_v4(Ipv4Addr::new(a, b, c, d));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
-                || segments[..2] == [0x2001, 0xdb8]) // documentation
-        }
+    let v6 = match ip {
+        IpAddr::V4(v4) => return is_public_v4(v4),
+        IpAddr::V6(v6) => v6,
+    };
+    let segments = v6.segments();
+    let octets = v6.octets();
+    let v4_at = |i: usize| Ipv4Addr::new(octets[i], octets[i + 1], octets[i + 2], octets[i + 3]);
+    // Mapped ::ffff:0:0/96, IPv4-compatible ::/96 (:: and ::1 included), NAT64 64:ff9b::/96.
+    if v6.to_ipv4_mapped().is_some()
+        || segments[..6] == [0; 6]
+        || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        return is_public_v4(v4_at(12));
     }
+    // 6to4 2002::/16 carries the IPv4 address in its second and third segments.
+    if segments[0] == 0x2002 {
+        return is_public_v4(v4_at(2));
+    }
+    !(v6.is_multicast()
+        || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+        || segments[..2] == [0x2001, 0] // Teredo 2001::/32 tunnels to hidden IPv4 hosts
+        || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
+        || segments[..2] == [0x2001, 0xdb8]) // documentation
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
@@ -116,21 +127,13 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let guard = self.guard.clone();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+            let permitted: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?
-                .collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|addr| guard.permits(addr.ip()))
-                .collect();
+                .map(|found| found.filter(|addr| guard.permits(addr.ip())).collect())
+                .unwrap_or_default();
             if permitted.is_empty() {
-                if let Some(first) = resolved.first() {
-                    return Err(
-                        Box::new(Blocked(first.ip())) as Box<dyn std::error::Error + Send + Sync>
-                    );
-                }
+                let refused = Refused::Name(name.as_str().to_owned());
+                return Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(permitted.into_iter()) as Addrs)
         })
@@ -149,6 +152,9 @@ impl Outbound {
         let guard = Arc::new(guard);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP_PROXY and its kin would send host names to a proxy that resolves them past
+            // the guard: outbound requests always connect themselves.
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("Switchyard/", env!("CARGO_PKG_VERSION")))
@@ -185,7 +191,7 @@ impl Outbound {
         if let Some(ip) = literal.filter(|ip| !self.guard.permits(*ip)) {
             return Err(SendError {
                 class: FailureClass::SsrfBlocked,
-                detail: Blocked(ip).to_string(),
+                detail: Refused::Address(ip).to_string(),
             });
         }
         Ok(self.client.request(method, parsed))
@@ -204,7 +210,7 @@ fn classify(err: reqwest::Error) -> SendError {
     let mut blocked = None;
     let mut io_kind = None;
     while let Some(cause) = source {
-        if let Some(b) = cause.downcast_ref::<Blocked>() {
+        if let Some(b) = cause.downcast_ref::<Refused>() {
             blocked = Some(b.to_string());
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -219,8 +225,6 @@ fn classify(err: reqwest::Error) -> SendError {
         };
     } else if err.is_timeout() {
         FailureClass::Timeout
-    } else if err.is_connect() && format!("{err:?}").contains("dns error") {
-        FailureClass::Dns
     } else if err.is_connect() || io_kind.is_some() {
         FailureClass::Connect
     } else {
@@ -257,6 +261,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b:1::5db8:d822",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!guard.permits(refused.parse().unwrap()), "{refused}");
         }
@@ -264,6 +274,8 @@ mod tests {
             "93.184.216.34",
             "2606:2800:220:1:248:1893:25c8:1946",
             "::ffff:93.184.216.34",
+            "::93.184.216.34",
+            "2002:5db8:d822::1",
         ] {
             assert!(guard.permits(allowed.parse().unwrap()), "{allowed}");
         }

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::process::{free_port, key_in, run, stdout, switchyard, terminate, wait_ready};
+use clap::Parser as _;
 use common::{Engine, TestDb, TestServer};
 use reqwest::StatusCode;
 
@@ -197,4 +198,46 @@ fn help_and_readme_document_the_same_settings() {
     };
     assert!(!variables(&help).is_empty());
     assert_eq!(variables(&help), variables(table));
+}
+
+/// The embedded database holds hashed keys and sealed secrets, but also every partner's e-mail:
+/// its files, and the secrets key generated beside it, are readable by their owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_files_and_the_generated_key_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("hub.db");
+    let args = [
+        "switchyard",
+        "--database-url",
+        &format!("sqlite:{}", database.display()),
+        "--listen",
+        "127.0.0.1:0",
+        "serve",
+    ];
+    let config = switchyard::cli::Cli::try_parse_from(args).unwrap().config;
+    assert!(config.secrets_key.is_none(), "started without a key");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = switchyard::app::start(config, Default::default(), listener)
+        .await
+        .unwrap();
+    let admin = running.first_start.as_ref().unwrap().key.plaintext.clone();
+    let created = reqwest::Client::new()
+        .post(format!("http://{}/v1/partners", running.addr))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"email": "ada@example.com", "name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm", "hub.db.key"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} is {:o}", mode & 0o777);
+    }
+    running.shutdown().await.unwrap();
 }

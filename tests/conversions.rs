@@ -22,6 +22,7 @@ on_both_engines!(
     one_bad_event_does_not_sink_its_batch,
     a_conversion_waits_for_its_click_to_be_written,
     a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up,
+    money_is_bounded_and_a_huge_amount_never_wraps,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -584,4 +585,52 @@ async fn release_after(
     tokio::time::sleep(delay).await;
     lock.rollback().await.unwrap();
     std::time::Instant::now()
+}
+
+/// Amounts above 10^15 minor units are refused, and the largest one earns its exact percentage
+/// (an amount near 2^63 once wrapped to a commission of 150.00).
+async fn money_is_bounded_and_a_huge_amount_never_wraps(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(
+        &srv,
+        "p@example.com",
+        json!({"commission": {"type": "percent", "bps": 1500}}),
+    )
+    .await;
+    let click_id = click(&srv, &key).await;
+    for amount in [3_074_457_345_618_358_602_i64, 1_000_000_000_000_001, -1] {
+        let refused = event(
+            &srv,
+            json!({"event_id": format!("e{amount}"), "type": "purchase", "click_id": click_id,
+                   "amount": amount, "currency": "EUR"}),
+        )
+        .await;
+        let problem = assert_problem(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(problem["errors"][0]["field"], "amount", "{problem}");
+    }
+    let (status, largest) = event(
+        &srv,
+        json!({"event_id": "largest", "type": "purchase", "click_id": click_id,
+               "amount": 1_000_000_000_000_000_i64, "currency": "EUR"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{largest}");
+    let commission = commission(&srv, largest["commission_id"].as_str().unwrap()).await;
+    assert_eq!(commission["amount"], 150_000_000_000_000_i64);
+
+    let flat = srv
+        .post(
+            "/v1/campaigns",
+            &srv.admin_key,
+            json!({"name": "Huge", "destination_url": "https://shop.example.com",
+                   "commission": {"type": "flat", "amount": 1_000_000_000_000_001_i64, "currency": "EUR"}}),
+        )
+        .await;
+    let problem = assert_problem(&flat, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(problem["errors"][0]["field"], "commission.amount", "{problem}");
+    srv.stop().await;
 }

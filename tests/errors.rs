@@ -11,6 +11,7 @@ on_both_engines!(
     oversized_bodies_are_refused_with_413,
     unknown_routes_and_methods_are_problems,
     anonymous_callers_are_limited_per_ip,
+    an_authorization_header_without_a_valid_key_is_limited_per_ip,
     keys_are_limited_per_key,
     every_response_carries_a_request_id,
     operations_endpoints_report_health_and_metrics,
@@ -134,6 +135,42 @@ async fn anonymous_callers_are_limited_per_ip(engine: Engine) {
     assert_eq!(guess.status(), StatusCode::TOO_MANY_REQUESTS);
     let (status, _) = srv.get("/v1/whoami", &srv.admin_key).await;
     assert_eq!(status, StatusCode::OK);
+    srv.stop().await;
+}
+
+/// Public routes never authenticate, so a header that merely looks like credentials must not lift
+/// the per-IP limit on them (seen: 100 requests with `Authorization: x` all answered).
+async fn an_authorization_header_without_a_valid_key_is_limited_per_ip(engine: Engine) {
+    // One request per second per address: the first takes the only token, and the bucket
+    // cannot refill during the few milliseconds the rest take.
+    let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "1"]).await;
+    let started = std::time::Instant::now();
+    let with_header = |path: &'static str, value: &'static str| {
+        srv.client
+            .get(srv.url(path))
+            .header("authorization", value)
+            .send()
+    };
+    assert_eq!(
+        with_header("/healthz", "x").await.unwrap().status(),
+        StatusCode::OK
+    );
+    for path in ["/metrics", "/r/some-link", "/openapi.json", "/healthz", "/readyz"] {
+        for value in ["x", "Bearer sy_guess", "Basic dXNlcjpwYXNz"] {
+            let response = with_header(path, value).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "{path} with Authorization: {value}"
+            );
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    // A valid key is limited by its own bucket, on public routes too.
+    let metrics = srv
+        .send(Method::GET, "/metrics", Some(&srv.admin_key), None)
+        .await;
+    assert_eq!(metrics.status(), StatusCode::OK);
     srv.stop().await;
 }
 

@@ -1,5 +1,6 @@
 //! `Idempotency-Key` on POST requests: a retry gets the first answer and creates nothing; the
-//! same key with another request, or while the first runs, is refused; keys are per tenant.
+//! same key with another request, or while the first runs, is refused; keys are per tenant and
+//! per caller, and kept answers are sealed.
 
 mod common;
 
@@ -13,6 +14,9 @@ on_both_engines!(
     a_request_still_running_holds_its_key,
     keys_belong_to_their_tenant,
     keys_are_forgotten_after_a_day,
+    an_answer_is_replayed_only_to_the_key_that_made_it,
+    a_refusal_kept_for_one_key_is_not_replayed_to_another,
+    kept_answers_hold_no_secret_in_clear,
 );
 
 /// POSTs `body` with `Idempotency-Key: key`; (status, replayed header, JSON body).
@@ -153,7 +157,7 @@ async fn a_request_still_running_holds_its_key(engine: Engine) {
     assert_eq!(first.0, StatusCode::CREATED);
     run(
         &srv,
-        "UPDATE idempotency_keys SET status_code = NULL, response_body = NULL",
+        "UPDATE idempotency_keys SET status_code = NULL, response_sealed = NULL",
     )
     .await;
     let busy = post_with_key(&srv, &srv.admin_key, "/v1/partners", "held", &body).await;
@@ -228,4 +232,146 @@ async fn keys_are_forgotten_after_a_day(engine: Engine) {
         rows
     };
     assert_eq!(left, [("new".to_owned(),)]);
+}
+
+/// A key of `kind` (with `scopes`) minted by the admin; its plaintext.
+async fn key_of(srv: &TestServer, body: Value) -> String {
+    srv.mint(body).await.1
+}
+
+async fn an_answer_is_replayed_only_to_the_key_that_made_it(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let reader = key_of(
+        &srv,
+        json!({"name": "reader", "kind": "scoped", "scopes": ["partners:read"]}),
+    )
+    .await;
+    let partner = srv.partner("ada@example.com").await;
+    let partner_key = key_of(
+        &srv,
+        json!({"name": "ada", "kind": "partner", "partner_id": partner["id"]}),
+    )
+    .await;
+
+    // The admin mints an admin key under `order-42`.
+    let mint = json!({"name": "ci", "kind": "admin"});
+    let first = post_with_key(&srv, &srv.admin_key, "/v1/api-keys", "order-42", &mint).await;
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.2);
+    let minted = first.2["key"].as_str().unwrap().to_owned();
+
+    // The same request from a reader and from a partner is their own request: refused, and
+    // without the admin's key.
+    for caller in [&reader, &partner_key] {
+        let (status, replayed, body) =
+            post_with_key(&srv, caller, "/v1/api-keys", "order-42", &mint).await;
+        assert_problem(&(status, body.clone()), StatusCode::FORBIDDEN, "forbidden_scope");
+        assert_eq!(replayed, None, "not a replay");
+        assert!(!body.to_string().contains(&minted));
+    }
+
+    // A webhook's signing secret likewise: the writer who subscribed gets it again, a reader
+    // is refused.
+    let writer = key_of(
+        &srv,
+        json!({"name": "zap", "kind": "scoped", "scopes": ["webhooks:write"]}),
+    )
+    .await;
+    let hook = json!({"url": "https://example.com/hook", "event_types": ["partner.created"]});
+    let subscribed = post_with_key(&srv, &writer, "/v1/webhooks", "sub-1", &hook).await;
+    assert_eq!(subscribed.0, StatusCode::CREATED, "{}", subscribed.2);
+    let secret = subscribed.2["secret"].as_str().unwrap().to_owned();
+    let again = post_with_key(&srv, &writer, "/v1/webhooks", "sub-1", &hook).await;
+    assert_eq!((again.0, again.1.as_deref()), (StatusCode::CREATED, Some("true")));
+    assert_eq!(again.2["secret"], secret.as_str());
+    let (status, replayed, body) =
+        post_with_key(&srv, &reader, "/v1/webhooks", "sub-1", &hook).await;
+    assert_problem(&(status, body.clone()), StatusCode::FORBIDDEN, "forbidden_scope");
+    assert_eq!(replayed, None);
+    assert!(!body.to_string().contains(&secret));
+
+    // Another admin key with the same Idempotency-Key runs its own request: a second key.
+    let other_admin = key_of(&srv, json!({"name": "ops", "kind": "admin"})).await;
+    let fresh = post_with_key(&srv, &other_admin, "/v1/api-keys", "order-42", &mint).await;
+    assert_eq!((fresh.0, fresh.1), (StatusCode::CREATED, None));
+    assert_ne!(fresh.2["key"], first.2["key"]);
+}
+
+async fn a_refusal_kept_for_one_key_is_not_replayed_to_another(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let partner = srv.partner("ada@example.com").await;
+    let partner_key = key_of(
+        &srv,
+        json!({"name": "ada", "kind": "partner", "partner_id": partner["id"]}),
+    )
+    .await;
+    let mint = json!({"name": "ci", "kind": "admin"});
+    let refused = post_with_key(&srv, &partner_key, "/v1/api-keys", "order-7", &mint).await;
+    assert_problem(
+        &(refused.0, refused.2),
+        StatusCode::FORBIDDEN,
+        "forbidden_scope",
+    );
+
+    let admin = post_with_key(&srv, &srv.admin_key, "/v1/api-keys", "order-7", &mint).await;
+    assert_eq!(admin.0, StatusCode::CREATED, "{}", admin.2);
+    assert_eq!(admin.1, None, "the admin's request ran");
+    assert!(admin.2["key"].as_str().unwrap().starts_with("sy_"));
+}
+
+async fn kept_answers_hold_no_secret_in_clear(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let minted = post_with_key(
+        &srv,
+        &srv.admin_key,
+        "/v1/api-keys",
+        "mint",
+        &json!({"name": "ci", "kind": "admin"}),
+    )
+    .await;
+    let hook = post_with_key(
+        &srv,
+        &srv.admin_key,
+        "/v1/webhooks",
+        "hook",
+        &json!({"url": "https://example.com/hook"}),
+    )
+    .await;
+    let key = minted.2["key"].as_str().unwrap();
+    let secret = hook.2["secret"].as_str().unwrap();
+    let db = srv.inspect().await;
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT fingerprint, response_sealed FROM idempotency_keys")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    db.close().await;
+    assert_eq!(rows.len(), 2);
+    for (fingerprint, sealed) in rows {
+        let sealed = sealed.expect("the answer is kept");
+        assert!(sealed.starts_with("v1:"), "sealed: {sealed}");
+        for text in [&fingerprint, &sealed] {
+            assert!(!text.contains(key) && !text.contains(secret));
+            assert!(!text.contains("sy_") && !text.contains("whsec_"));
+        }
+    }
+    // Nowhere in the files either (SQLite: the database and its write-ahead log).
+    if let Some(path) = srv.db.url.strip_prefix("sqlite:") {
+        for file in [path.to_owned(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for needle in [key, secret] {
+                let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+                assert!(!found, "{needle} in clear in {file}");
+            }
+        }
+    }
+    // And the replay still opens them.
+    let replay = post_with_key(
+        &srv,
+        &srv.admin_key,
+        "/v1/api-keys",
+        "mint",
+        &json!({"name": "ci", "kind": "admin"}),
+    )
+    .await;
+    assert_eq!(replay.2["key"], key);
 }

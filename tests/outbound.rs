@@ -89,3 +89,67 @@ async fn the_allowlist_lets_tests_reach_loopback_and_nothing_else() {
         Err(FailureClass::Connect)
     );
 }
+
+/// `HTTP_PROXY` and its kin in the server's environment do not route requests past the guard:
+/// a proxy would resolve `localhost` itself and answer from inside the network.
+#[tokio::test]
+async fn proxies_in_the_environment_are_ignored() {
+    let proxy_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = proxy_hits.clone();
+    let proxy = axum::Router::new().fallback(move || {
+        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { "INTERNAL-OK" }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy).await.unwrap() });
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        std::env::set_var(name, &proxy_url);
+    }
+    std::env::remove_var("NO_PROXY");
+    std::env::remove_var("no_proxy");
+
+    let strict = client(&[]);
+    let port = receiver().await;
+    for url in [
+        format!("http://localhost:{port}/internal"),
+        "http://internal.example.invalid/internal".to_owned(),
+    ] {
+        assert_eq!(
+            get_class(&strict, &url).await,
+            Err(FailureClass::SsrfBlocked),
+            "{url}"
+        );
+    }
+    // A permitted target is reached directly, not through the proxy.
+    let tests = client(&["127.0.0.0/8"]);
+    assert_eq!(
+        get_class(&tests, &format!("http://localhost:{port}/ok")).await,
+        Ok(StatusCode::OK)
+    );
+    assert_eq!(proxy_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A name that does not resolve and one that resolves only to internal addresses are refused in
+/// the same words, naming no address.
+#[tokio::test]
+async fn refused_names_look_the_same_whether_they_resolve_or_not() {
+    let strict = client(&[]);
+    let detail = |url: &'static str| {
+        let strict = strict.clone();
+        async move {
+            let request = strict.request(reqwest::Method::GET, url).unwrap();
+            let err = strict.send(request).await.unwrap_err();
+            (err.class, err.detail)
+        }
+    };
+    let internal = detail("http://localhost:9/x").await;
+    let missing = detail("http://no-such-host.invalid:9/x").await;
+    assert_eq!(internal.0, FailureClass::SsrfBlocked);
+    assert_eq!(missing.0, FailureClass::SsrfBlocked);
+    assert!(!internal.1.contains("127.0.0.1") && !internal.1.contains("::1"), "{}", internal.1);
+    assert_eq!(
+        internal.1.replace("localhost", "HOST"),
+        missing.1.replace("no-such-host.invalid", "HOST")
+    );
+}

@@ -34,8 +34,10 @@ pub struct CommissionInput {
     #[serde(rename = "type")]
     pub kind: String,
     /// For `percent`: 1 to 10000 basis points.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub bps: Option<i64>,
-    /// For `flat`: minor units, more than 0.
+    /// For `flat`: minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: Option<i64>,
     /// For `flat`: ISO 4217, e.g. `EUR`.
     pub currency: Option<String>,
@@ -57,11 +59,13 @@ impl CommissionInput {
                 }
             },
             "flat" => {
-                let amount = self.amount.filter(|a| *a > 0);
+                let amount = self
+                    .amount
+                    .filter(|a| (1..=crate::commissions::MAX_AMOUNT).contains(a));
                 if amount.is_none() {
                     errors.push(FieldError::new(
                         &name("amount"),
-                        "a flat commission needs an amount in minor units, more than 0",
+                        "a flat commission needs an amount of 1 to 10^15 minor units",
                     ));
                 }
                 let currency = self.currency.as_deref().and_then(currency_code);

@@ -38,9 +38,17 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Commissions approved per tenant per transaction.
 const APPROVE_BATCH: i64 = 500;
 
-/// `bps` basis points of `amount`, rounded half up to the minor unit.
+/// The largest amount of money the API takes, in minor units (10^15: ten trillion in a
+/// two-decimal currency). Amounts are checked against it where they enter, so every product
+/// below stays far inside 64 bits.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+/// `bps` basis points of `amount`, rounded half up to the minor unit. Computed in 128 bits, so
+/// no pair of 64-bit inputs wraps; within [`MAX_AMOUNT`] and 0..=10000 bps the result is exact
+/// (outside them it saturates).
 pub fn percent_of(amount: i64, bps: i64) -> i64 {
-    (amount * bps + 5_000).div_euclid(10_000)
+    let exact = (i128::from(amount) * i128::from(bps) + 5_000).div_euclid(10_000);
+    i64::try_from(exact).unwrap_or(if exact < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// What `rule` pays for a conversion of `amount` in `currency`: `None` when it pays nothing
@@ -255,6 +263,22 @@ pub async fn approve_matured(state: &AppState) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against the exact rational: the quotient, plus one when the remainder is at least
+        /// half the divisor.
+        #[test]
+        fn percent_of_is_the_exact_rounding_of_every_bounded_amount(
+            amount in 0..=MAX_AMOUNT,
+            bps in 0..=10_000_i64,
+        ) {
+            let product = amount as u128 * bps as u128;
+            let (quotient, remainder) = (product / 10_000, product % 10_000);
+            let exact = quotient + u128::from(remainder * 2 >= 10_000);
+            prop_assert_eq!(percent_of(amount, bps) as u128, exact);
+        }
+    }
 
     #[test]
     fn percent_commissions_round_half_up_to_the_minor_unit() {
@@ -263,6 +287,9 @@ mod tests {
         assert_eq!(percent_of(10, 1250), 1); // 1.25
         assert_eq!(percent_of(30, 1500), 5); // 4.5 -> 5
         assert_eq!(percent_of(3, 1), 0); // 0.0003
+        // Once wrapped to 15000 in 64 bits.
+        assert_eq!(percent_of(3_074_457_345_618_358_602, 1500), 461_168_601_842_753_790);
+        assert_eq!(percent_of(MAX_AMOUNT, 10_000), MAX_AMOUNT);
     }
 
     #[test]

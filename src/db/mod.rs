@@ -12,11 +12,53 @@ mod group_commit;
 pub use dialect::{Dialect, KEY_PREFIX_SETTING, LINK_KEY_SETTING, TENANT_SETTING};
 pub use group_commit::GroupCommit;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool};
+
+/// The database file of a `sqlite:` URL; `None` for PostgreSQL and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Creates the SQLite file readable by its owner only (0600) before SQLite opens it: SQLite
+/// gives its `-wal` and `-shm` files the database's mode, so all three stay private. A file
+/// left by an older version with wider permissions is narrowed, with its companions.
+fn create_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot create database {}: {e}", path.display()),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| anyhow::anyhow!("cannot make {} private (0600): {e}", file.display()),
+            )?;
+            tracing::warn!(file = %file.display(), "narrowed the database file's permissions to 0600");
+        }
+    }
+    Ok(())
+}
 
 /// A transaction on the shared pool.
 pub type Tx = sqlx::Transaction<'static, Any>;
@@ -42,6 +84,9 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::from_url(url)?;
+        if let Some(path) = sqlite_file(url) {
+            create_private(&path)?;
+        }
         let url = match dialect {
             Dialect::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };

@@ -52,7 +52,8 @@ pub struct NewEvent {
     /// The order (deal, subscription) the event belongs to; a `refund` reverses the commissions
     /// of its order. Defaults to `event_id`; required for refunds.
     pub order_id: Option<String>,
-    /// Minor units, 0 or more; with `currency`.
+    /// Minor units, 0 to 10^15; with `currency`.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub amount: Option<i64>,
     /// ISO 4217.
     pub currency: Option<String>,
@@ -137,8 +138,14 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
         Some(time) => check_time("occurred_at", time, &mut errors),
         None => Some(state.clock.now_ms()),
     };
-    if event.amount.is_some_and(|a| a < 0) {
-        errors.push(FieldError::new("amount", "must be 0 or more minor units"));
+    if event
+        .amount
+        .is_some_and(|a| !(0..=commissions::MAX_AMOUNT).contains(&a))
+    {
+        errors.push(FieldError::new(
+            "amount",
+            "must be 0 to 1000000000000000 (10^15) minor units",
+        ));
     }
     let currency = event.currency.as_deref().map(currency_code);
     match (&event.amount, &currency) {

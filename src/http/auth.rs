@@ -1,12 +1,13 @@
-//! The `Principal` extractor: `Authorization: Bearer <key>` -> the calling key, its tenant and
-//! its scopes. Handlers take a `Principal` and call `require(scope)`; nothing else reads the
-//! header.
+//! Authentication: `Authorization: Bearer <key>` -> the calling key, its tenant and its scopes,
+//! settled once per request by the [`authenticate`] middleware (which also applies the rate
+//! limits). Handlers take a `Principal` and call `require(scope)`; nothing else reads the header.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::config::Tenancy;
@@ -14,6 +15,7 @@ use crate::keys::{self, KeyKind, Principal, Rejected, Scope};
 use crate::tenants;
 
 use super::error::{Error, Result};
+use super::rate_limit;
 
 /// The tenant named by an optional `/t/{slug}` URL prefix (set by [`super::tenant_prefix`]).
 #[derive(Clone, Debug)]
@@ -50,51 +52,101 @@ impl Principal {
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
+/// How a request's `Authorization` header was settled, once per request, by [`authenticate`].
+#[derive(Clone, Debug)]
+struct Authenticated(Result<Principal, Refusal>);
+
+/// Why a request has no principal.
+#[derive(Clone, Debug)]
+enum Refusal {
+    Missing,
+    Unknown,
+    Revoked,
+    PartnerRevoked,
+    /// A valid key under `/t/{slug}` of another tenant.
+    OtherTenant(String),
+    /// The key could not be looked up.
+    Unavailable,
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Missing | Refusal::Unknown => Error::Unauthorized,
+            Refusal::Revoked => Error::RevokedKey,
+            Refusal::PartnerRevoked => Error::Forbidden {
+                code: "partner_revoked",
+                detail: "this key's partner is revoked".to_owned(),
+            },
+            Refusal::OtherTenant(slug) => Error::NotFound {
+                code: "tenant_not_found",
+                detail: format!("no tenant {slug:?} for this key"),
+            },
+            Refusal::Unavailable => Error::Unavailable,
+        }
+    }
+}
+
+/// Middleware in front of every API route: authenticates the presented key, if any, and applies
+/// the rate limit — the key's own bucket for a valid key, the client address's for everything
+/// else (no header, a malformed, unknown or revoked key), whatever the route and whatever other
+/// headers the request carries. Guessing keys is therefore as slow as any anonymous traffic.
+/// The outcome is kept for the [`Principal`] extractor, so a key is looked up once per request.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let outcome = settle(&state, request.headers(), request.extensions()).await;
+    let limited = match &outcome {
+        Ok(principal) => state.limits.check_key(&principal.key_id),
+        Err(_) => rate_limit::check_ip(&state, &request),
+    };
+    if let Err(limited) = limited {
+        return limited.into_response();
+    }
+    request.extensions_mut().insert(Authenticated(outcome));
+    next.run(request).await
+}
+
+async fn settle(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> std::result::Result<Principal, Refusal> {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(Refusal::Missing)?;
+    let principal = match keys::authenticate(&state.db, &state.clock, presented).await {
+        Ok(Ok(principal)) => principal,
+        Ok(Err(Rejected::Unknown)) => return Err(Refusal::Unknown),
+        Ok(Err(Rejected::Revoked)) => return Err(Refusal::Revoked),
+        Ok(Err(Rejected::PartnerRevoked)) => return Err(Refusal::PartnerRevoked),
+        Err(err) => {
+            tracing::error!(error = %err, "an API key could not be looked up");
+            return Err(Refusal::Unavailable);
+        }
+    };
+    match extensions.get::<TenantPrefix>() {
+        Some(TenantPrefix(slug)) if *slug != principal.tenant_slug => {
+            Err(Refusal::OtherTenant(slug.clone()))
+        }
+        _ => Ok(principal),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        // Already authenticated by the `Idempotency-Key` middleware.
-        if let Some(principal) = parts.extensions.get::<Principal>() {
-            return Ok(principal.clone());
+    /// The caller as [`authenticate`] settled it.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+        match parts.extensions.get::<Authenticated>() {
+            Some(Authenticated(Ok(principal))) => Ok(principal.clone()),
+            Some(Authenticated(Err(refusal))) => Err(refusal.clone().into()),
+            None => Err(Error::Unauthorized),
         }
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let outcome = match presented {
-            Some(key) => keys::authenticate(&state.db, &state.clock, key).await?,
-            None => Err(Rejected::Unknown),
-        };
-        let principal = match outcome {
-            Ok(principal) => principal,
-            Err(rejected) => {
-                // Failed attempts count against the client's address, so guessing keys is as
-                // slow as any other unauthenticated traffic.
-                if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-                    state.limits.check_ip(addr.ip())?;
-                }
-                return Err(match rejected {
-                    Rejected::Unknown => Error::Unauthorized,
-                    Rejected::Revoked => Error::RevokedKey,
-                    Rejected::PartnerRevoked => Error::Forbidden {
-                        code: "partner_revoked",
-                        detail: "this key's partner is revoked".to_owned(),
-                    },
-                });
-            }
-        };
-        if let Some(TenantPrefix(slug)) = parts.extensions.get::<TenantPrefix>() {
-            if *slug != principal.tenant_slug {
-                return Err(Error::NotFound {
-                    code: "tenant_not_found",
-                    detail: format!("no tenant {slug:?} for this key"),
-                });
-            }
-        }
-        state.limits.check_key(&principal.key_id)?;
-        Ok(principal)
     }
 }

@@ -2,8 +2,14 @@
 //! and its answer is kept for a day; a retry with the same key and the same request gets that
 //! answer again (`Idempotent-Replayed: true`) and changes nothing. The same key with a different
 //! request is 422 `idempotency_key_reused`; a retry while the first is still running is 409
-//! `idempotency_key_in_use`. A 5xx answer is not kept, so the retry runs. Keys belong to the
-//! calling key's tenant.
+//! `idempotency_key_in_use`. A 5xx answer is not kept, so the retry runs.
+//!
+//! A kept answer belongs to the caller that made it (DESIGN.md section 9): it is found by
+//! tenant, calling API key and `Idempotency-Key`, so it is replayed only to a caller that the
+//! `Principal` extractor has just authenticated as that same key (still valid, partner still
+//! active). Another key sending the same key and request runs a request of its own, with its own
+//! authorization. Answers are sealed with the secrets key before they are stored, because some
+//! carry a secret that is shown once (a new API key, a webhook signing secret).
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Request, State};
@@ -94,12 +100,11 @@ pub async fn replay(State(state): State<AppState>, request: Request, next: Next)
         );
     };
     let (mut parts, body) = request.into_parts();
-    // Authenticated once here; the handler's `Principal` extractor reuses it. Keys belong to a
-    // tenant, so a request without a valid key is left to the handler (and its answer).
+    // Kept answers belong to a caller, so a request without a valid key is left to the handler
+    // (and its answer).
     let Ok(principal) = Principal::from_request_parts(&mut parts, &state).await else {
         return next.run(Request::from_parts(parts, body)).await;
     };
-    parts.extensions.insert(principal.clone());
     let Ok(bytes) = to_bytes(body, state.config.max_body_bytes).await else {
         return Error::PayloadTooLarge.into_response();
     };
@@ -111,11 +116,15 @@ pub async fn replay(State(state): State<AppState>, request: Request, next: Next)
     hasher.update(&bytes);
     let fingerprint = hex::encode(hasher.finalize());
 
-    let tenant = &principal.tenant_id;
+    let caller = Caller {
+        tenant: &principal.tenant_id,
+        key_id: &principal.key_id,
+        key: &key,
+    };
     let now = state.clock.now_ms();
-    let begun = match store::begin(&state, tenant, &key, &fingerprint, now).await {
+    let begun = match store::begin(&state, &caller, &fingerprint, now).await {
         Ok(begun) => begun,
-        Err(err) => return Error::from(err).into_response(),
+        Err(err) => return Error::Internal(err).into_response(),
     };
     match begun {
         Begun::First => {}
@@ -154,14 +163,21 @@ pub async fn replay(State(state): State<AppState>, request: Request, next: Next)
                 content_type: content_type.map(str::to_owned),
                 body: text.to_owned(),
             };
-            store::finish(&state, tenant, &key, &kept).await
+            store::finish(&state, &caller, &kept).await
         }
-        None => store::forget(&state, tenant, &key).await,
+        None => store::forget(&state, &caller).await,
     };
     if let Err(err) = outcome {
         tracing::warn!(error = %err, "the answer to an Idempotency-Key request was not kept");
     }
     Response::from_parts(parts, Body::from(body))
+}
+
+/// Whose `Idempotency-Key` this is: the tenant, the calling API key and the header's value.
+struct Caller<'a> {
+    tenant: &'a str,
+    key_id: &'a str,
+    key: &'a str,
 }
 
 enum Begun {
@@ -196,29 +212,29 @@ impl IntoResponse for Kept {
 }
 
 mod store {
-    use super::{Begun, Kept, ABANDONED_MS, KEPT_MS};
+    use super::{Begun, Caller, Kept, ABANDONED_MS, KEPT_MS};
     use crate::app::AppState;
 
     type Row = (String, Option<i64>, Option<String>, Option<String>, i64);
 
-    /// Claims `key` for this request unless a live request holds it. The INSERT decides between
-    /// two first requests racing (the second waits for the first's commit, then finds its row);
-    /// an expired or abandoned row is taken over only if it is still the one read.
+    /// Claims the caller's key for this request unless a live request holds it. The INSERT
+    /// decides between two first requests racing (the second waits for the first's commit, then
+    /// finds its row); an expired or abandoned row is taken over only if it is still the one read.
     pub(super) async fn begin(
         state: &AppState,
-        tenant: &str,
-        key: &str,
+        caller: &Caller<'_>,
         fingerprint: &str,
         now: i64,
-    ) -> sqlx::Result<Begun> {
-        let mut tx = state.db.write(tenant).await?;
+    ) -> anyhow::Result<Begun> {
+        let mut tx = state.db.write(caller.tenant).await?;
         let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, created_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, key) DO NOTHING",
+            "INSERT INTO idempotency_keys (tenant_id, caller, key, fingerprint, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, caller, key) DO NOTHING",
         )
-        .bind(tenant)
-        .bind(key)
+        .bind(caller.tenant)
+        .bind(caller.key_id)
+        .bind(caller.key)
         .bind(fingerprint)
         .bind(now)
         .execute(&mut *tx)
@@ -227,12 +243,13 @@ mod store {
             tx.commit().await?;
             return Ok(Begun::First);
         }
-        let (kept_fingerprint, status, content_type, body, created_at): Row = sqlx::query_as(
-            "SELECT fingerprint, status_code, content_type, response_body, created_at
-             FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+        let (kept_fingerprint, status, content_type, sealed, created_at): Row = sqlx::query_as(
+            "SELECT fingerprint, status_code, content_type, response_sealed, created_at
+             FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 AND key = $3",
         )
-        .bind(tenant)
-        .bind(key)
+        .bind(caller.tenant)
+        .bind(caller.key_id)
+        .bind(caller.key)
         .fetch_one(&mut *tx)
         .await?;
         let live = created_at > now - KEPT_MS;
@@ -242,7 +259,10 @@ mod store {
             Some(status) => Begun::Answered(Kept {
                 status: u16::try_from(status).unwrap_or(200),
                 content_type,
-                body: body.unwrap_or_default(),
+                body: match sealed {
+                    Some(sealed) => state.secrets.open(&sealed)?,
+                    None => String::new(),
+                },
             }),
             None if created_at > now - ABANDONED_MS => Begun::Running,
             None => Begun::First,
@@ -250,13 +270,14 @@ mod store {
         if matches!(begun, Begun::First) {
             let taken = sqlx::query(
                 "UPDATE idempotency_keys SET fingerprint = $1, created_at = $2,
-                     status_code = NULL, content_type = NULL, response_body = NULL
-                 WHERE tenant_id = $3 AND key = $4 AND created_at = $5",
+                     status_code = NULL, content_type = NULL, response_sealed = NULL
+                 WHERE tenant_id = $3 AND caller = $4 AND key = $5 AND created_at = $6",
             )
             .bind(fingerprint)
             .bind(now)
-            .bind(tenant)
-            .bind(key)
+            .bind(caller.tenant)
+            .bind(caller.key_id)
+            .bind(caller.key)
             .bind(created_at)
             .execute(&mut *tx)
             .await?;
@@ -269,34 +290,38 @@ mod store {
         Ok(begun)
     }
 
+    /// Keeps the answer, sealed.
     pub(super) async fn finish(
         state: &AppState,
-        tenant: &str,
-        key: &str,
+        caller: &Caller<'_>,
         kept: &Kept,
     ) -> sqlx::Result<()> {
-        let mut tx = state.db.write(tenant).await?;
+        let mut tx = state.db.write(caller.tenant).await?;
         sqlx::query(
-            "UPDATE idempotency_keys SET status_code = $1, content_type = $2, response_body = $3
-             WHERE tenant_id = $4 AND key = $5",
+            "UPDATE idempotency_keys SET status_code = $1, content_type = $2, response_sealed = $3
+             WHERE tenant_id = $4 AND caller = $5 AND key = $6",
         )
         .bind(i64::from(kept.status))
         .bind(&kept.content_type)
-        .bind(&kept.body)
-        .bind(tenant)
-        .bind(key)
+        .bind(state.secrets.seal(&kept.body))
+        .bind(caller.tenant)
+        .bind(caller.key_id)
+        .bind(caller.key)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
     }
 
-    pub(super) async fn forget(state: &AppState, tenant: &str, key: &str) -> sqlx::Result<()> {
-        let mut tx = state.db.write(tenant).await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
-            .bind(tenant)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+    pub(super) async fn forget(state: &AppState, caller: &Caller<'_>) -> sqlx::Result<()> {
+        let mut tx = state.db.write(caller.tenant).await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 AND key = $3",
+        )
+        .bind(caller.tenant)
+        .bind(caller.key_id)
+        .bind(caller.key)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 }

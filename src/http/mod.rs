@@ -66,7 +66,7 @@ fn api_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            rate_limit::limit_anonymous,
+            auth::authenticate,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), ops::track))
         .layer(CatchPanicLayer::custom(internal_error))
@@ -87,12 +87,13 @@ fn api_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The click route's one middleware, in place of the API's `track` and `limit_anonymous`: the
-/// per-IP rate limit, and the request metrics through [`ops::Metrics::count_click`].
+/// The click route's one middleware, in place of the API's `track` and `authenticate`: the
+/// per-IP rate limit (a click never authenticates, so an `Authorization` header changes
+/// nothing), and the request metrics through [`ops::Metrics::count_click`].
 async fn guard_clicks(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    let response = match rate_limit::check_anonymous(&state, &request) {
+    let response = match rate_limit::check_ip(&state, &request) {
         Ok(()) => next.run(request).await,
         Err(limited) => limited.into_response(),
     };

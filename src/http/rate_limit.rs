@@ -1,14 +1,11 @@
 //! Request rate limits (GCRA, from `governor`): one bucket per API key for authenticated calls
-//! and one per client IP for everything that presents no valid key. Over the limit the answer is
-//! 429 `rate_limited` with `Retry-After`.
+//! and one per client IP for everything that presents no valid key, whatever its headers, and
+//! for every click. Over the limit the answer is 429 `rate_limited` with `Retry-After`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -57,24 +54,9 @@ impl RateLimits {
     }
 }
 
-/// Middleware: requests without an API key are limited by client IP. Requests with one are
-/// limited by key once the key is verified (see the `Principal` extractor), and by IP if it is not.
-pub async fn limit_anonymous(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match check_anonymous(&state, &request) {
-        Ok(()) => next.run(request).await,
-        Err(limited) => axum::response::IntoResponse::into_response(limited),
-    }
-}
-
-/// The per-IP limit of a request that presents no API key.
-pub fn check_anonymous(state: &AppState, request: &Request) -> Result<()> {
-    if request.headers().contains_key(AUTHORIZATION) {
-        return Ok(());
-    }
+/// The per-IP limit of a request that is not authenticated by a valid key (see
+/// [`super::auth::authenticate`]), and of every click.
+pub fn check_ip(state: &AppState, request: &Request) -> Result<()> {
     match request.extensions().get::<ConnectInfo<SocketAddr>>() {
         Some(ConnectInfo(addr)) => state.limits.check_ip(addr.ip()),
         None => Ok(()),

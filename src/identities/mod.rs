@@ -74,9 +74,14 @@ pub async fn phone_region(tx: &mut Tx, tenant_id: &str, default: Region) -> sqlx
         .unwrap_or(default))
 }
 
-/// A trimmed, lower-cased e-mail address, or `None` when it does not look like one.
+/// A trimmed, Unicode-NFC, lower-cased e-mail address, or `None` when it does not look like one.
+/// Control characters and invisible formatting characters (a NUL, a zero-width space) are
+/// refused rather than stripped: otherwise `ada@example.com` and `ada\0@example.com` would be
+/// two partners that look alike. NFC makes a composed and a decomposed `é` one address.
 pub fn normalize_email(raw: &str) -> Option<String> {
-    let email = raw.trim().to_lowercase();
+    use unicode_normalization::UnicodeNormalization as _;
+
+    let email: String = raw.trim().nfc().collect::<String>().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     let plausible = !local.is_empty()
         && domain.contains('.')
@@ -84,8 +89,14 @@ pub fn normalize_email(raw: &str) -> Option<String> {
         && !domain.ends_with('.')
         && !domain.contains('@')
         && email.len() <= 254
-        && !email.chars().any(char::is_whitespace);
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c));
     plausible.then_some(email)
+}
+
+/// Format characters that render as nothing: soft hyphen, zero-width and direction marks, word
+/// joiners, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 /// A phone number in E.164 (`+447911123456`), read in `region` when it has no country code;
@@ -267,9 +278,18 @@ mod tests {
             "@example.com",
             "ada@example",
             "a da@example.com",
+            "ada\0@example.com",
+            "ada@example.com\u{7}",
+            "ada\u{200b}@example.com",
+            "ada@exam\u{feff}ple.com",
         ] {
-            assert_eq!(normalize_email(bad), None, "{bad}");
+            assert_eq!(normalize_email(bad), None, "{bad:?}");
         }
+        // A decomposed é (e + combining acute) is the same address as the composed one.
+        assert_eq!(
+            normalize_email("Re\u{301}mi@Example.com"),
+            normalize_email("r\u{e9}mi@example.com")
+        );
     }
 
     #[test]

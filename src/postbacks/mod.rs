@@ -76,9 +76,9 @@ pub fn major_units(minor: i64, currency: &str) -> String {
     if exponent == 0 {
         return minor.to_string();
     }
-    let scale = 10_i64.pow(exponent);
+    let scale = 10_u64.pow(exponent);
     let sign = if minor < 0 { "-" } else { "" };
-    let minor = minor.abs();
+    let minor = minor.unsigned_abs();
     format!(
         "{sign}{}.{:0width$}",
         minor / scale,
