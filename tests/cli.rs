@@ -5,8 +5,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::process::{free_port, key_in, run, stdout, switchyard, terminate, wait_ready};
 use clap::Parser as _;
+use common::process::{free_port, key_in, run, stdout, switchyard, terminate, wait_ready};
 use common::{Engine, TestDb, TestServer};
 use reqwest::StatusCode;
 

@@ -631,6 +631,9 @@ async fn money_is_bounded_and_a_huge_amount_never_wraps(engine: Engine) {
         )
         .await;
     let problem = assert_problem(&flat, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
-    assert_eq!(problem["errors"][0]["field"], "commission.amount", "{problem}");
+    assert_eq!(
+        problem["errors"][0]["field"], "commission.amount",
+        "{problem}"
+    );
     srv.stop().await;
 }

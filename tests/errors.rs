@@ -155,7 +155,13 @@ async fn an_authorization_header_without_a_valid_key_is_limited_per_ip(engine: E
         with_header("/healthz", "x").await.unwrap().status(),
         StatusCode::OK
     );
-    for path in ["/metrics", "/r/some-link", "/openapi.json", "/healthz", "/readyz"] {
+    for path in [
+        "/metrics",
+        "/r/some-link",
+        "/openapi.json",
+        "/healthz",
+        "/readyz",
+    ] {
         for value in ["x", "Bearer sy_guess", "Basic dXNlcjpwYXNz"] {
             let response = with_header(path, value).await.unwrap();
             assert_eq!(

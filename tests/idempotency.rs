@@ -264,7 +264,11 @@ async fn an_answer_is_replayed_only_to_the_key_that_made_it(engine: Engine) {
     for caller in [&reader, &partner_key] {
         let (status, replayed, body) =
             post_with_key(&srv, caller, "/v1/api-keys", "order-42", &mint).await;
-        assert_problem(&(status, body.clone()), StatusCode::FORBIDDEN, "forbidden_scope");
+        assert_problem(
+            &(status, body.clone()),
+            StatusCode::FORBIDDEN,
+            "forbidden_scope",
+        );
         assert_eq!(replayed, None, "not a replay");
         assert!(!body.to_string().contains(&minted));
     }
@@ -281,11 +285,18 @@ async fn an_answer_is_replayed_only_to_the_key_that_made_it(engine: Engine) {
     assert_eq!(subscribed.0, StatusCode::CREATED, "{}", subscribed.2);
     let secret = subscribed.2["secret"].as_str().unwrap().to_owned();
     let again = post_with_key(&srv, &writer, "/v1/webhooks", "sub-1", &hook).await;
-    assert_eq!((again.0, again.1.as_deref()), (StatusCode::CREATED, Some("true")));
+    assert_eq!(
+        (again.0, again.1.as_deref()),
+        (StatusCode::CREATED, Some("true"))
+    );
     assert_eq!(again.2["secret"], secret.as_str());
     let (status, replayed, body) =
         post_with_key(&srv, &reader, "/v1/webhooks", "sub-1", &hook).await;
-    assert_problem(&(status, body.clone()), StatusCode::FORBIDDEN, "forbidden_scope");
+    assert_problem(
+        &(status, body.clone()),
+        StatusCode::FORBIDDEN,
+        "forbidden_scope",
+    );
     assert_eq!(replayed, None);
     assert!(!body.to_string().contains(&secret));
 

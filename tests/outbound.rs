@@ -103,7 +103,14 @@ async fn proxies_in_the_environment_are_ignored() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, proxy).await.unwrap() });
-    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
         std::env::set_var(name, &proxy_url);
     }
     std::env::remove_var("NO_PROXY");
@@ -147,7 +154,11 @@ async fn refused_names_look_the_same_whether_they_resolve_or_not() {
     let missing = detail("http://no-such-host.invalid:9/x").await;
     assert_eq!(internal.0, FailureClass::SsrfBlocked);
     assert_eq!(missing.0, FailureClass::SsrfBlocked);
-    assert!(!internal.1.contains("127.0.0.1") && !internal.1.contains("::1"), "{}", internal.1);
+    assert!(
+        !internal.1.contains("127.0.0.1") && !internal.1.contains("::1"),
+        "{}",
+        internal.1
+    );
     assert_eq!(
         internal.1.replace("localhost", "HOST"),
         missing.1.replace("no-such-host.invalid", "HOST")

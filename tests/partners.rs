@@ -18,6 +18,7 @@ on_both_engines!(
     a_partner_from_the_network_is_announced_as_approved,
     a_partner_key_sees_only_its_own_partner,
     invalid_partners_get_field_errors,
+    a_lookalike_email_is_refused_or_is_the_same_partner,
 );
 
 async fn create(srv: &TestServer, body: Value) -> (StatusCode, Value) {
@@ -367,5 +368,40 @@ async fn invalid_partners_get_field_errors(engine: Engine) {
         .await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "partner_not_found");
     assert!(srv.messages().await.is_empty(), "nothing was emitted");
+    srv.stop().await;
+}
+
+/// A NUL or zero-width character once made a second partner beside the clean address; now it is
+/// refused, and a decomposed accent is the same address as the composed one.
+async fn a_lookalike_email_is_refused_or_is_the_same_partner(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (status, _) = create(&srv, json!({"email": "r\u{e9}mi@example.com", "name": "R"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for lookalike in [
+        "r\u{e9}mi\u{0}@example.com",
+        "r\u{e9}mi\u{200b}@example.com",
+        "r\u{e9}mi@exam\nple.com",
+    ] {
+        let refused = create(&srv, json!({"email": lookalike, "name": "R"})).await;
+        let problem = assert_problem(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(problem["errors"][0]["field"], "email", "{lookalike:?}");
+    }
+    let decomposed = create(
+        &srv,
+        json!({"email": " RE\u{301}MI@Example.com ", "name": "R"}),
+    )
+    .await;
+    assert_problem(&decomposed, StatusCode::CONFLICT, "email_taken");
+    let (_, found) = srv
+        .get(
+            "/v1/partners?email=re%CC%81mi%40example.com",
+            &srv.admin_key,
+        )
+        .await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found}");
     srv.stop().await;
 }

@@ -84,10 +84,11 @@ pub fn split() -> (axum::Router<AppState>, Document) {
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(
-            "Makes a retry safe: the first request's answer is replayed for a day to any request \
-             with the same key and body (`Idempotent-Replayed: true`); the same key with another \
-             request is 422 `idempotency_key_reused`, and 409 `idempotency_key_in_use` while \
-             the first is running.",
+            "Makes a retry safe: the first request's answer is replayed for a day to a request \
+             from the same API key with the same key and body (`Idempotent-Replayed: true`); \
+             the same key with another request is 422 `idempotency_key_reused`, and 409 \
+             `idempotency_key_in_use` while the first is running. Keys are per calling API key: \
+             another API key's request with the same key runs, and is authorized, on its own.",
         ))
         .schema(Some(
             ObjectBuilder::new()

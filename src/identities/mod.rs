@@ -89,7 +89,9 @@ pub fn normalize_email(raw: &str) -> Option<String> {
         && !domain.ends_with('.')
         && !domain.contains('@')
         && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c));
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c));
     plausible.then_some(email)
 }
 

@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::campaigns;
 use crate::clock::rfc3339;
+use crate::config::Tenancy;
 use crate::http::error::{AuthProblems, Error, InvalidProblem, NotFoundProblem, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
@@ -63,7 +64,10 @@ impl Link {
 pub struct CreateLink {
     pub campaign_id: String,
     /// 3 to 64 characters of letters, digits, `_` and `-`, unique across the hub; omit for a
-    /// generated, unguessable key.
+    /// generated, unguessable key. Single-tenant mode only: `/r/{key}` names no tenant, so in
+    /// multi-tenant mode a chosen key would tell one tenant which keys another has and let it
+    /// squat names; there every key is generated.
+    #[schema(min_length = 3, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub key: Option<String>,
 }
 
@@ -93,6 +97,12 @@ async fn create_link(
     Json(body): Json<CreateLink>,
 ) -> Result<(StatusCode, axum::Json<Link>)> {
     authorize(&principal, None, true, &id)?;
+    if body.key.is_some() && state.config.tenancy == Tenancy::Multi {
+        return Err(Error::invalid(
+            "key",
+            "chosen link keys are for single-tenant installs: omit it for a generated key",
+        ));
+    }
     if body.key.as_deref().is_some_and(|k| !valid_key(k)) {
         return Err(Error::invalid(
             "key",

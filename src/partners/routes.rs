@@ -321,7 +321,11 @@ async fn list_partners(
     {
         return Err(Error::invalid("status", "must be active or revoked"));
     }
-    let email = query.email.as_deref().map(|e| e.trim().to_lowercase());
+    // Stored addresses are normalized; one that is not an address matches none of them.
+    let email = query
+        .email
+        .as_deref()
+        .map(|e| normalize_email(e).unwrap_or_default());
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
     let rows = store::list(
