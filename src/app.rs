@@ -227,6 +227,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let worker = crate::commissions::register(worker, state.clone());
     let worker = crate::postbacks::register(worker, state.clone());
     let worker = crate::http::idempotency::register(worker, state.clone());
+    let worker = crate::stripe::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

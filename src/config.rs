@@ -176,6 +176,22 @@ pub struct Config {
     )]
     pub webhook_disable_after_hours: u64,
 
+    /// The default tenant's Stripe secret key (`sk_...` or `rk_...`), used when `PUT /v1/stripe`
+    /// has set none.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// The default tenant's Stripe webhook signing secrets (`whsec_...`, comma-separated),
+    /// accepted beside those set with `PUT /v1/stripe`.
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    pub stripe_webhook_secrets: Vec<String>,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -25,6 +25,7 @@ pub mod partners;
 pub mod postbacks;
 pub mod queue;
 pub mod secrets;
+pub mod stripe;
 pub mod tenants;
 pub mod webhooks;
 

@@ -83,9 +83,11 @@ fn is_public(ip: IpAddr) -> bool {
     let segments = v6.segments();
     let octets = v6.octets();
     let v4_at = |i: usize| Ipv4Addr::new(octets[i], octets[i + 1], octets[i + 2], octets[i + 3]);
-    // Mapped ::ffff:0:0/96, IPv4-compatible ::/96 (:: and ::1 included), NAT64 64:ff9b::/96.
+    // Mapped ::ffff:0:0/96, IPv4-compatible ::/96 (:: and ::1 included), SIIT ::ffff:0:0:0/96,
+    // NAT64 64:ff9b::/96.
     if v6.to_ipv4_mapped().is_some()
         || segments[..6] == [0; 6]
+        || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
         || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
     {
         return is_public_v4(v4_at(12));
@@ -96,7 +98,10 @@ fn is_public(ip: IpAddr) -> bool {
     }
     !(v6.is_multicast()
         || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
-        || segments[..2] == [0x2001, 0] // Teredo 2001::/32 tunnels to hidden IPv4 hosts
+        || (segments[0] == 0x2001 && segments[1] < 0x200) // IETF 2001::/23 (Teredo, ORCHID, benchmarking)
+        || segments[..4] == [0x100, 0, 0, 0] // discard-only 100::/64
+        || (segments[0] == 0x3fff && segments[1] < 0x1000) // documentation 3fff::/20
+        || segments[0] == 0x5f00 // segment routing 5f00::/16
         || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
@@ -114,6 +119,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0 // "this network"
         || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT 100.64.0.0/10
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments 192.0.0.0/24
         || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18.0.0/15
         || a >= 240) // reserved 240.0.0.0/4
 }
@@ -267,6 +273,13 @@ mod tests {
             "2002:7f00:1::1",
             "2002:a00:1::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
+            "2001:10::1",
+            "::ffff:0:7f00:1",
+            "100::1",
+            "3fff::1",
+            "5f00::1",
+            "192.0.0.170",
         ] {
             assert!(!guard.permits(refused.parse().unwrap()), "{refused}");
         }
@@ -276,6 +289,8 @@ mod tests {
             "::ffff:93.184.216.34",
             "::93.184.216.34",
             "2002:5db8:d822::1",
+            "2001:4860:4860::8888",
+            "192.0.1.1",
         ] {
             assert!(guard.permits(allowed.parse().unwrap()), "{allowed}");
         }

@@ -396,6 +396,8 @@ async fn a_lookalike_email_is_refused_or_is_the_same_partner(engine: Engine) {
     )
     .await;
     assert_problem(&decomposed, StatusCode::CONFLICT, "email_taken");
+    let (status, _) = create(&srv, json!({"email": "other@example.com", "name": "O"})).await;
+    assert_eq!(status, StatusCode::CREATED);
     let (_, found) = srv
         .get(
             "/v1/partners?email=re%CC%81mi%40example.com",
@@ -403,5 +405,14 @@ async fn a_lookalike_email_is_refused_or_is_the_same_partner(engine: Engine) {
         )
         .await;
     assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["data"][0]["email"], "r\u{e9}mi@example.com");
+    // A search for something that is not an address finds nobody (not everybody).
+    for query in ["not-an-address", "r%C3%A9mi%00%40example.com"] {
+        let (status, found) = srv
+            .get(&format!("/v1/partners?email={query}"), &srv.admin_key)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(found["data"], json!([]), "{query}");
+    }
     srv.stop().await;
 }

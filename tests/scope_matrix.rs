@@ -222,6 +222,19 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("commissions:read"),
         200,
     ),
+    ("GET", "/v1/stripe", Needs::Admin, 200),
+    ("PUT", "/v1/stripe", Needs::Admin, 200),
+    // Public, authenticated by Stripe-Signature alone: without one, 400 for every caller.
+    ("POST", "/v1/stripe/webhook", Needs::Nothing, 400),
+    ("GET", "/v1/stripe/events", Needs::Admin, 200),
+    // No Stripe event has this id: an allowed caller reaches the handler and gets 404.
+    ("GET", "/v1/stripe/events/{id}", Needs::Admin, 404),
+    (
+        "POST",
+        "/v1/stripe/events/{id}/reprocess",
+        Needs::Admin,
+        404,
+    ),
 ];
 
 enum Caller {
@@ -297,6 +310,8 @@ async fn target(srv: &TestServer, path: &str, n: usize, campaign: &str) -> Strin
             )
             .await;
         link["key"].as_str().unwrap().to_owned()
+    } else if path.starts_with("/v1/stripe/events/") {
+        "evt_none".to_owned()
     } else if path.starts_with("/v1/commissions/") {
         "com_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/queue/jobs/") {

@@ -287,7 +287,8 @@ mod tests {
         assert_eq!(percent_of(10, 1250), 1); // 1.25
         assert_eq!(percent_of(30, 1500), 5); // 4.5 -> 5
         assert_eq!(percent_of(3, 1), 0); // 0.0003
-                                         // Once wrapped to 15000 in 64 bits.
+
+        // Once wrapped to 15000 in 64 bits.
         assert_eq!(
             percent_of(3_074_457_345_618_358_602, 1500),
             461_168_601_842_753_790

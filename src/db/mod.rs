@@ -51,10 +51,15 @@ fn create_private(path: &Path) -> anyhow::Result<()> {
             continue;
         };
         if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(
-                |e| anyhow::anyhow!("cannot make {} private (0600): {e}", file.display()),
-            )?;
-            tracing::warn!(file = %file.display(), "narrowed the database file's permissions to 0600");
+            // A file this process may open but not chmod (another owner) stays as it is.
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {
+                    tracing::warn!(file = %file.display(), "narrowed the database file's permissions to 0600")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "the database file is readable by others and cannot be narrowed to 0600")
+                }
+            }
         }
     }
     Ok(())
@@ -84,7 +89,7 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::from_url(url)?;
-        if let Some(path) = sqlite_file(url) {
+        if let Some(path) = sqlite_file(url).filter(|_| !url.contains("mode=ro")) {
             create_private(&path)?;
         }
         let url = match dialect {

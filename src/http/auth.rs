@@ -87,6 +87,18 @@ impl From<Refusal> for Error {
     }
 }
 
+/// Routes that never take a key (documented with `security: []`, as is the API browser under
+/// `/docs` and its `/openapi.json`): they are limited per client
+/// address whatever they are sent, and no key is looked up for them, so a health check does not
+/// wait on the database through an `Authorization` header.
+const PUBLIC: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/v1/stripe/webhook",
+];
+
 /// Middleware in front of every API route: authenticates the presented key, if any, and applies
 /// the rate limit — the key's own bucket for a valid key, the client address's for everything
 /// else (no header, a malformed, unknown or revoked key), whatever the route and whatever other
@@ -97,7 +109,12 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let outcome = settle(&state, request.headers(), request.extensions()).await;
+    let outcome =
+        if PUBLIC.contains(&request.uri().path()) || request.uri().path().starts_with("/docs") {
+            Err(Refusal::Missing)
+        } else {
+            settle(&state, request.headers(), request.extensions()).await
+        };
     let limited = match &outcome {
         Ok(principal) => state.limits.check_key(&principal.key_id),
         Err(_) => rate_limit::check_ip(&state, &request),

@@ -6,8 +6,8 @@
 //!
 //! A kept answer belongs to the caller that made it (DESIGN.md section 9): it is found by
 //! tenant, calling API key and `Idempotency-Key`, so it is replayed only to a caller that the
-//! `Principal` extractor has just authenticated as that same key (still valid, partner still
-//! active). Another key sending the same key and request runs a request of its own, with its own
+//! [`super::auth::authenticate`] middleware has just authenticated as that same key (still valid,
+//! partner still active). Another key sending the same key and request runs a request of its own, with its own
 //! authorization. Answers are sealed with the secrets key before they are stored, because some
 //! carry a secret that is shown once (a new API key, a webhook signing secret).
 
@@ -124,7 +124,7 @@ pub async fn replay(State(state): State<AppState>, request: Request, next: Next)
     let now = state.clock.now_ms();
     let begun = match store::begin(&state, &caller, &fingerprint, now).await {
         Ok(begun) => begun,
-        Err(err) => return Error::Internal(err).into_response(),
+        Err(err) => return Error::from(err).into_response(),
     };
     match begun {
         Begun::First => {}
@@ -225,7 +225,7 @@ mod store {
         caller: &Caller<'_>,
         fingerprint: &str,
         now: i64,
-    ) -> anyhow::Result<Begun> {
+    ) -> sqlx::Result<Begun> {
         let mut tx = state.db.write(caller.tenant).await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (tenant_id, caller, key, fingerprint, created_at)
@@ -253,19 +253,27 @@ mod store {
         .fetch_one(&mut *tx)
         .await?;
         let live = created_at > now - KEPT_MS;
-        let begun = match status {
+        // An answer that no longer opens (the secrets key changed) cannot be replayed: the
+        // request runs again rather than failing for the rest of the day.
+        let body = match sealed.as_deref().map(|s| state.secrets.open(s)) {
+            Some(Ok(body)) => Some(body),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "a kept idempotent answer does not open; running the request again");
+                None
+            }
+            None => Some(String::new()),
+        };
+        let begun = match (status, body) {
             _ if !live => Begun::First,
             _ if kept_fingerprint != fingerprint => Begun::Different,
-            Some(status) => Begun::Answered(Kept {
+            (Some(_), None) => Begun::First,
+            (Some(status), Some(body)) => Begun::Answered(Kept {
                 status: u16::try_from(status).unwrap_or(200),
                 content_type,
-                body: match sealed {
-                    Some(sealed) => state.secrets.open(&sealed)?,
-                    None => String::new(),
-                },
+                body,
             }),
-            None if created_at > now - ABANDONED_MS => Begun::Running,
-            None => Begun::First,
+            (None, _) if created_at > now - ABANDONED_MS => Begun::Running,
+            (None, _) => Begun::First,
         };
         if matches!(begun, Begun::First) {
             let taken = sqlx::query(

@@ -104,8 +104,9 @@ async fn guard_clicks(State(state): State<AppState>, request: Request, next: Nex
 }
 
 /// Middleware around the API router: `/t/{slug}/v1/...` is served as `/v1/...` with the slug
-/// remembered, for the `Principal` extractor to check against the key's tenant. It runs before
-/// the API router's routing, so the rewritten path is the one matched.
+/// remembered, for authentication to check against the key's tenant (and for the Stripe webhook,
+/// which has no key, to name its tenant). It runs before the API router's routing, so the
+/// rewritten path is the one matched.
 pub async fn tenant_prefix(mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if let Some((slug, rest)) = path

@@ -36,6 +36,7 @@ use crate::app::AppState;
         (name = "postbacks", description = "Partners' ad-tracker postbacks (GET URL templates)"),
         (name = "identities", description = "The identity graph: customers and members by e-mail, phone and ids"),
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
+        (name = "stripe", description = "Stripe in: settings, the signed webhook, stored events"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
 )]
@@ -73,6 +74,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::postbacks::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::webhooks::deliveries::router())
+        .merge(crate::stripe::routes::router())
 }
 
 /// The API's routes and its document, with what no single route declares: the optional

@@ -37,13 +37,13 @@ pub struct Health {
 }
 
 /// Liveness: the process is up and serving HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Health)))]
 async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
 /// Readiness: the database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, body = Health),
         (status = 503, body = Problem, content_type = "application/problem+json"),
@@ -57,7 +57,7 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>> {
 }
 
 /// Metrics in the Prometheus (OpenMetrics) text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::db::Tx;
-use crate::http::error::FieldError;
+use crate::http::error::{Error, FieldError};
+use crate::ids;
 
 pub use store::{click_customer, find_subject, Subject};
 
@@ -81,7 +82,7 @@ pub async fn phone_region(tx: &mut Tx, tenant_id: &str, default: Region) -> sqlx
 pub fn normalize_email(raw: &str) -> Option<String> {
     use unicode_normalization::UnicodeNormalization as _;
 
-    let email: String = raw.trim().nfc().collect::<String>().to_lowercase();
+    let email: String = raw.trim().to_lowercase().nfc().collect();
     let (local, domain) = email.split_once('@')?;
     let plausible = !local.is_empty()
         && domain.contains('.')
@@ -95,10 +96,17 @@ pub fn normalize_email(raw: &str) -> Option<String> {
     plausible.then_some(email)
 }
 
-/// Format characters that render as nothing: soft hyphen, zero-width and direction marks, word
-/// joiners, the byte-order mark.
+/// Characters that render as nothing (Unicode's default-ignorable code points, and fillers that
+/// show as blanks): soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul fillers,
+/// Mongolian vowel separator, zero-width and direction marks and isolates, word joiners,
+/// variation selectors, the byte-order mark, tag characters.
 fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// A phone number in E.164 (`+447911123456`), read in `region` when it has no country code;
@@ -209,6 +217,116 @@ pub async fn bind_member(
         pairs.push((Namespace::Whatsapp, whatsapp_jid(phone)));
     }
     store::replace_member(tx, tenant_id, member_id, &pairs, now).await
+}
+
+/// Binds `pairs` (normalized identifiers) to one customer and, with `click_id`, ties that
+/// customer to the click: the customer `customer_id` names, else the one the identifiers or the
+/// click already belong to, else a new one. Idempotent. Returns the customer and whether this
+/// call created it. An identifier or click of another customer is 409 `identity_conflict`; an
+/// unknown click or customer is 404.
+pub async fn bind(
+    tx: &mut Tx,
+    tenant_id: &str,
+    pairs: &[(Namespace, String)],
+    click_id: Option<&str>,
+    customer_id: Option<&str>,
+    now: i64,
+) -> Result<(String, bool), Error> {
+    let mut bound = Vec::new();
+    for (namespace, identifier) in pairs {
+        if let Some(subject) =
+            store::find_subject(tx, tenant_id, *namespace, identifier, Some("customer")).await?
+        {
+            if !bound.contains(&subject.subject_id) {
+                bound.push(subject.subject_id);
+            }
+        }
+    }
+    let click_owner = match click_id {
+        Some(click) => match store::click_customer(tx, tenant_id, click).await? {
+            Some(owner) => owner,
+            None => {
+                return Err(Error::NotFound {
+                    code: "click_not_found",
+                    detail: format!("no click {click}"),
+                })
+            }
+        },
+        None => None,
+    };
+    let existing = match (customer_id, bound.as_slice()) {
+        (Some(given), _) => {
+            if !store::customer_exists(tx, tenant_id, given).await? {
+                return Err(Error::NotFound {
+                    code: "customer_not_found",
+                    detail: format!("no customer {given}"),
+                });
+            }
+            if let Some(other) = bound.iter().find(|c| *c != given) {
+                return Err(conflict(format!(
+                    "an identifier is already bound to customer {other}"
+                )));
+            }
+            Some(given.to_owned())
+        }
+        (None, []) => click_owner.clone(),
+        (None, [one]) => Some(one.clone()),
+        (None, many) => {
+            return Err(conflict(format!(
+                "the identifiers belong to different customers: {}",
+                many.join(", ")
+            )))
+        }
+    };
+    let (customer_id, created) = match existing {
+        Some(id) => (id, false),
+        None => {
+            let id = ids::new("cus");
+            store::insert_customer(tx, tenant_id, &id, now).await?;
+            (id, true)
+        }
+    };
+    for (namespace, identifier) in pairs {
+        if !store::insert(
+            tx,
+            tenant_id,
+            *namespace,
+            identifier,
+            "customer",
+            &customer_id,
+            now,
+        )
+        .await?
+        {
+            // Bound already: to this customer (idempotent), or to another by a concurrent call.
+            let holder =
+                store::find_subject(tx, tenant_id, *namespace, identifier, Some("customer"))
+                    .await?;
+            if let Some(holder) = holder.filter(|h| h.subject_id != customer_id) {
+                return Err(conflict(format!(
+                    "{} {identifier:?} is already bound to customer {}",
+                    namespace.as_str(),
+                    holder.subject_id
+                )));
+            }
+        }
+    }
+    if let Some(click) = click_id {
+        if !store::tie_click(tx, tenant_id, click, &customer_id).await? {
+            return Err(conflict(format!(
+                "click {click} is already tied to customer {}",
+                click_owner.unwrap_or_default()
+            )));
+        }
+    }
+    Ok((customer_id, created))
+}
+
+fn conflict(detail: String) -> Error {
+    Error::Conflict {
+        code: "identity_conflict",
+        detail,
+    }
 }
 
 #[cfg(test)]

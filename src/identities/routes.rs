@@ -53,13 +53,6 @@ pub struct BoundCustomer {
     pub click_id: Option<String>,
 }
 
-fn conflict(detail: String) -> Error {
-    Error::Conflict {
-        code: "identity_conflict",
-        detail,
-    }
-}
-
 /// Bind identities to one customer (`events:write`). Idempotent: 201 when the customer was
 /// created, 200 otherwise. An identifier bound to another customer is 409 `identity_conflict`.
 #[utoipa::path(post, path = "/v1/identities", tag = "identities", request_body = BindIdentities,
@@ -127,94 +120,15 @@ async fn bind(
         return Err(Error::Validation(errors));
     }
 
-    let mut bound = Vec::new();
-    for (namespace, identifier) in &pairs {
-        if let Some(subject) =
-            store::find_subject(&mut tx, tenant, *namespace, identifier, Some("customer")).await?
-        {
-            if !bound.contains(&subject.subject_id) {
-                bound.push(subject.subject_id);
-            }
-        }
-    }
-    let click_owner = match &body.click_id {
-        Some(click) => match store::click_customer(&mut tx, tenant, click).await? {
-            Some(owner) => owner,
-            None => {
-                return Err(Error::NotFound {
-                    code: "click_not_found",
-                    detail: format!("no click {click}"),
-                })
-            }
-        },
-        None => None,
-    };
-    let existing = match (&body.customer_id, bound.as_slice()) {
-        (Some(given), _) => {
-            if !store::customer_exists(&mut tx, tenant, given).await? {
-                return Err(Error::NotFound {
-                    code: "customer_not_found",
-                    detail: format!("no customer {given}"),
-                });
-            }
-            if let Some(other) = bound.iter().find(|c| *c != given) {
-                return Err(conflict(format!(
-                    "an identifier is already bound to customer {other}"
-                )));
-            }
-            Some(given.clone())
-        }
-        (None, []) => click_owner.clone(),
-        (None, [one]) => Some(one.clone()),
-        (None, many) => {
-            return Err(conflict(format!(
-                "the identifiers belong to different customers: {}",
-                many.join(", ")
-            )))
-        }
-    };
-    let now = state.clock.now_ms();
-    let (customer_id, created) = match existing {
-        Some(id) => (id, false),
-        None => {
-            let id = ids::new("cus");
-            store::insert_customer(&mut tx, tenant, &id, now).await?;
-            (id, true)
-        }
-    };
-    for (namespace, identifier) in &pairs {
-        if !store::insert(
-            &mut tx,
-            tenant,
-            *namespace,
-            identifier,
-            "customer",
-            &customer_id,
-            now,
-        )
-        .await?
-        {
-            // Bound already: to this customer (idempotent), or to another by a concurrent call.
-            let holder =
-                store::find_subject(&mut tx, tenant, *namespace, identifier, Some("customer"))
-                    .await?;
-            if let Some(holder) = holder.filter(|h| h.subject_id != customer_id) {
-                return Err(conflict(format!(
-                    "{} {identifier:?} is already bound to customer {}",
-                    namespace.as_str(),
-                    holder.subject_id
-                )));
-            }
-        }
-    }
-    if let Some(click) = &body.click_id {
-        if !store::tie_click(&mut tx, tenant, click, &customer_id).await? {
-            return Err(conflict(format!(
-                "click {click} is already tied to customer {}",
-                click_owner.unwrap_or_default()
-            )));
-        }
-    }
+    let (customer_id, created) = super::bind(
+        &mut tx,
+        tenant,
+        &pairs,
+        body.click_id.as_deref(),
+        body.customer_id.as_deref(),
+        state.clock.now_ms(),
+    )
+    .await?;
     tx.commit().await?;
     let status = if created {
         StatusCode::CREATED

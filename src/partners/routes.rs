@@ -322,10 +322,15 @@ async fn list_partners(
         return Err(Error::invalid("status", "must be active or revoked"));
     }
     // Stored addresses are normalized; one that is not an address matches none of them.
-    let email = query
-        .email
-        .as_deref()
-        .map(|e| normalize_email(e).unwrap_or_default());
+    let email = match query.email.as_deref().map(normalize_email) {
+        Some(None) => {
+            return Ok(axum::Json(List {
+                data: Vec::new(),
+                next_cursor: None,
+            }))
+        }
+        given => given.flatten(),
+    };
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
     let rows = store::list(

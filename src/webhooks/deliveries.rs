@@ -64,7 +64,7 @@ impl From<DeliveryRow> for Delivery {
 pub struct Attempt {
     pub id: String,
     pub status_code: Option<i64>,
-    /// `timeout`, `dns`, `connect`, `ssrf_blocked`, ... when no HTTP answer came.
+    /// `timeout`, `connect`, `ssrf_blocked` (also for a host name that does not resolve), `invalid_url` or `other` when no HTTP answer came.
     pub error_class: Option<String>,
     pub latency_ms: i64,
     /// The first 4 KiB of the answer (or the error).
