@@ -9,6 +9,7 @@
 
 pub mod process;
 pub mod receiver;
+pub mod stripe;
 
 use std::sync::Once;
 

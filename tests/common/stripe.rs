@@ -1,0 +1,97 @@
+//! Stripe's side of the webhook: events signed by Stripe's official library (the npm `stripe`
+//! package in `tests/stripe-signer`, installed by `.ci/run`), and sending them to the hub.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::TestServer;
+
+/// The `Stripe-Signature` header of `body` at `timestamp` (Unix seconds) under `secret`, made
+/// by `stripe.webhooks.generateTestHeaderString`. Where the package is not installed the
+/// header is made by the hub's own signer instead, unless SWITCHYARD_TEST_REFERENCE_VERIFIER=1
+/// (as in CI) makes the official library mandatory.
+pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let signer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stripe-signer");
+    let installed = std::path::Path::new(signer)
+        .join("node_modules/stripe")
+        .exists();
+    if !installed {
+        assert!(
+            std::env::var("SWITCHYARD_TEST_REFERENCE_VERIFIER").is_err(),
+            "Stripe's library is mandatory here: run `npm ci` in tests/stripe-signer"
+        );
+        return format!(
+            "t={timestamp},v1={}",
+            switchyard::stripe::signature::sign(secret, timestamp, body.as_bytes())
+        );
+    }
+    let mut child = Command::new("node")
+        .arg(format!("{signer}/sign.js"))
+        .args([secret, &timestamp.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the Stripe signer failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A Stripe event envelope of `type` around `object`.
+pub fn event(id: &str, event_type: &str, object: Value) -> Value {
+    json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2025-03-31.basil",
+        "created": 1_700_000_000,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "type": event_type,
+        "data": {"object": object},
+    })
+}
+
+/// POSTs `event` to `path`, created and signed with `secret` at the server's now; (status, JSON
+/// answer).
+pub async fn deliver(
+    srv: &TestServer,
+    path: &str,
+    secret: &str,
+    event: &Value,
+) -> (StatusCode, Value) {
+    let now = srv.clock.now_ms() / 1000;
+    let mut event = event.clone();
+    event["created"] = json!(now);
+    let body = event.to_string();
+    let header = signature(secret, now, &body);
+    send(srv, path, Some(&header), body).await
+}
+
+/// POSTs a raw body with an optional `Stripe-Signature`.
+pub async fn send(
+    srv: &TestServer,
+    path: &str,
+    header: Option<&str>,
+    body: String,
+) -> (StatusCode, Value) {
+    let mut request = srv
+        .client
+        .post(srv.url(path))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(header) = header {
+        request = request.header("stripe-signature", header);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
