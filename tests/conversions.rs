@@ -23,6 +23,7 @@ on_both_engines!(
     a_conversion_waits_for_its_click_to_be_written,
     a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up,
     money_is_bounded_and_a_huge_amount_never_wraps,
+    a_partial_refund_takes_back_the_refunded_share,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -634,6 +635,58 @@ async fn money_is_bounded_and_a_huge_amount_never_wraps(engine: Engine) {
     assert_eq!(
         problem["errors"][0]["field"], "commission.amount",
         "{problem}"
+    );
+    srv.stop().await;
+}
+
+/// A refund for less than the order takes the refunded share of its commissions back, rounded
+/// half up and recomputed from every refund so far; refunds adding up to the whole reverse.
+async fn a_partial_refund_takes_back_the_refunded_share(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({})).await;
+    let click_id = click(&srv, &key).await;
+    let (status, bought) = event(
+        &srv,
+        json!({"event_id": "buy", "type": "purchase", "click_id": click_id,
+               "amount": 1999, "currency": "EUR", "order_id": "o-1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    let id = bought["commission_id"].as_str().unwrap().to_owned();
+    assert_eq!(commission(&srv, &id).await["amount"], 300); // 15% of 19.99
+
+    let refund = |n: u32, amount: i64| {
+        json!({"event_id": format!("r{n}"), "type": "refund", "order_id": "o-1",
+               "amount": amount, "currency": "EUR"})
+    };
+    let (status, first) = event(&srv, refund(1, 500)).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["adjusted_commission_ids"], json!([id]));
+    assert_eq!(first["reversed_commission_ids"], json!([]));
+    let partly = commission(&srv, &id).await;
+    // 300 * 500 / 1999 = 75.04
+    assert_eq!(
+        (
+            partly["status"].as_str(),
+            partly["reversed_amount"].as_i64()
+        ),
+        (Some("pending"), Some(75))
+    );
+    let (_, second) = event(&srv, refund(2, 1000)).await;
+    assert_eq!(second["adjusted_commission_ids"], json!([id]));
+    // 300 * 1500 / 1999 = 225.11
+    assert_eq!(commission(&srv, &id).await["reversed_amount"], 225);
+    let (_, last) = event(&srv, refund(3, 499)).await;
+    assert_eq!(last["reversed_commission_ids"], json!([id]));
+    assert_eq!(commission(&srv, &id).await["status"], "reversed");
+    let types: Vec<String> = srv.messages().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        types.iter().filter(|t| *t == "commission.adjusted").count(),
+        2
+    );
+    assert_eq!(
+        types.iter().filter(|t| *t == "commission.reversed").count(),
+        1
     );
     srv.stop().await;
 }

@@ -17,7 +17,7 @@ on_both_engines!(
     only_a_fresh_signature_by_the_tenants_secret_is_accepted,
     an_event_of_the_other_mode_is_ignored,
     an_invoice_before_its_checkout_waits_for_the_customer,
-    partial_refunds_and_opened_disputes_reverse_nothing_and_a_lost_dispute_does,
+    partial_refunds_take_their_share_and_a_lost_dispute_the_rest,
 );
 
 const SECRET: &str = "whsec_test_platform_secret_0123456789";
@@ -436,9 +436,16 @@ async fn an_invoice_before_its_checkout_waits_for_the_customer(engine: Engine) {
     srv.stop().await;
 }
 
-async fn partial_refunds_and_opened_disputes_reverse_nothing_and_a_lost_dispute_does(
-    engine: Engine,
-) {
+fn refunded(id: &str, total: i64) -> Value {
+    event(
+        id,
+        "charge.refunded",
+        json!({"id": "ch_2", "object": "charge", "amount": 10000, "amount_refunded": total,
+               "refunded": total == 10000, "payment_intent": "pi_2", "currency": "eur"}),
+    )
+}
+
+async fn partial_refunds_take_their_share_and_a_lost_dispute_the_rest(engine: Engine) {
     let srv = TestServer::start(engine).await;
     configure(&srv, &srv.admin_key).await;
     let (_, click) = referred_click(&srv).await;
@@ -452,41 +459,57 @@ async fn partial_refunds_and_opened_disputes_reverse_nothing_and_a_lost_dispute_
     let bought = accepted(&srv, &purchase).await;
     let earned = commission(&srv, &bought).await;
     assert_eq!(earned["amount"], 1000);
+    let id = earned["id"].as_str().unwrap();
+    let current = || async {
+        let (_, now) = srv
+            .get(&format!("/v1/commissions/{id}"), &srv.admin_key)
+            .await;
+        (now["status"].clone(), now["reversed_amount"].clone())
+    };
 
-    let partial = event(
-        "evt_partial",
-        "charge.refunded",
-        json!({"id": "ch_2", "amount": 10000, "amount_refunded": 2500, "refunded": false,
-               "payment_intent": "pi_2", "currency": "eur"}),
+    // A quarter refunded takes a quarter back; Stripe's amount_refunded is the charge's total.
+    let quarter = accepted(&srv, &refunded("evt_refund_q", 2500)).await;
+    assert_eq!(quarter["state"], "processed", "{quarter}");
+    assert_eq!(
+        quarter["outcome"]["conversion"]["adjusted_commission_ids"],
+        json!([id])
     );
-    let recorded = accepted(&srv, &partial).await;
-    assert_eq!(recorded["state"], "recorded");
-    assert_eq!(recorded["outcome"]["reason"], "partial_refund");
+    assert_eq!(current().await, (json!("pending"), json!(250)));
+    let half = accepted(&srv, &refunded("evt_refund_h", 5000)).await;
+    assert_eq!(half["state"], "processed");
+    assert_eq!(current().await, (json!("pending"), json!(500)));
+    // An event that arrives late, with a smaller total, adds nothing.
+    let late = accepted(&srv, &refunded("evt_refund_late", 2500)).await;
+    assert_eq!(late["outcome"]["reason"], "refund_already_counted");
+    assert_eq!(current().await, (json!("pending"), json!(500)));
+    let adjusted: Vec<Value> = srv
+        .messages()
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "commission.adjusted")
+        .map(|(_, data)| data["reversed_amount"].clone())
+        .collect();
+    assert_eq!(adjusted, [json!(250), json!(500)]);
+
+    // An opened dispute reverses nothing; lost, the disputed rest is a refund, and with it the
+    // whole order is refunded: the commission is reversed.
     let opened = event(
         "evt_dispute_open",
         "charge.dispute.created",
-        json!({"id": "dp_1", "charge": "ch_2", "payment_intent": "pi_2", "amount": 10000,
+        json!({"id": "dp_1", "charge": "ch_2", "payment_intent": "pi_2", "amount": 5000,
                "status": "needs_response", "currency": "eur"}),
     );
     assert_eq!(accepted(&srv, &opened).await["state"], "recorded");
-    let id = earned["id"].as_str().unwrap();
-    let (_, still) = srv
-        .get(&format!("/v1/commissions/{id}"), &srv.admin_key)
-        .await;
-    assert_eq!(still["status"], "pending");
-
+    assert_eq!(current().await.0, "pending");
     let lost = event(
         "evt_dispute_lost",
         "charge.dispute.closed",
-        json!({"id": "dp_1", "charge": "ch_2", "payment_intent": "pi_2", "amount": 10000,
+        json!({"id": "dp_1", "charge": "ch_2", "payment_intent": "pi_2", "amount": 5000,
                "status": "lost", "currency": "eur"}),
     );
     let reversed = accepted(&srv, &lost).await;
     assert_eq!(reversed["state"], "processed", "{reversed}");
-    let (_, gone) = srv
-        .get(&format!("/v1/commissions/{id}"), &srv.admin_key)
-        .await;
-    assert_eq!(gone["status"], "reversed");
+    assert_eq!(current().await.0, "reversed");
 
     // Reprocessing an event that became a conversion keeps that conversion.
     let (status, queued) = srv

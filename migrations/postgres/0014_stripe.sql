@@ -22,6 +22,8 @@ CREATE TABLE stripe_events (
     type         TEXT NOT NULL,
     livemode     BIGINT NOT NULL,
     account      TEXT,
+    -- The id of `data.object` (`ch_...`, `in_...`): the events of one charge, found together.
+    object_id    TEXT,
     payload      TEXT NOT NULL,
     received_at  BIGINT NOT NULL,
     state        TEXT NOT NULL,
@@ -30,6 +32,7 @@ CREATE TABLE stripe_events (
     PRIMARY KEY (tenant_id, id)
 );
 CREATE INDEX stripe_events_newest ON stripe_events (tenant_id, received_at DESC, id DESC);
+CREATE INDEX stripe_events_object ON stripe_events (tenant_id, object_id);
 
 ALTER TABLE stripe_settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_settings FORCE ROW LEVEL SECURITY;

@@ -22,6 +22,8 @@ CREATE TABLE stripe_events (
     type         TEXT NOT NULL,
     livemode     INTEGER NOT NULL,
     account      TEXT,
+    -- The id of `data.object` (`ch_...`, `in_...`): the events of one charge, found together.
+    object_id    TEXT,
     payload      TEXT NOT NULL,
     received_at  INTEGER NOT NULL,
     state        TEXT NOT NULL,
@@ -30,3 +32,4 @@ CREATE TABLE stripe_events (
     PRIMARY KEY (tenant_id, id)
 );
 CREATE INDEX stripe_events_newest ON stripe_events (tenant_id, received_at DESC, id DESC);
+CREATE INDEX stripe_events_object ON stripe_events (tenant_id, object_id);

@@ -8,8 +8,12 @@
 //! - A commission is `pending` until its holdback has passed; then the periodic
 //!   `commissions.approve` job approves it. A refund of the same order reverses pending and
 //!   approved commissions; a refund of a paid one is recorded on it (`refunded_at`) and counted,
-//!   not clawed back.
-//! - Each change is announced: `commission.accrued`, `commission.approved`, `commission.reversed`.
+//!   not clawed back. A partial refund (refunds of the order adding up to less than it sold for)
+//!   takes the refunded share back instead: `reversed_amount` becomes the commission times the
+//!   refunded fraction, rounded half up, recomputed from all refunds so far so that several
+//!   partial refunds never drift; once they add up to the whole, the commission is reversed.
+//! - Each change is announced: `commission.accrued`, `commission.approved`,
+//!   `commission.adjusted` (a partial refund), `commission.reversed`.
 
 pub mod routes;
 pub mod store;
@@ -116,6 +120,7 @@ pub async fn accrue(
         order_id: conversion.order_id.to_owned(),
         transaction_id: format!("txn_{}", conversion.id.trim_start_matches("cnv_")),
         amount,
+        reversed_amount: 0,
         currency,
         status: "pending".to_owned(),
         matures_at: conversion.occurred_at + holdback_days * DAY_MS,
@@ -134,23 +139,67 @@ pub async fn accrue(
 #[derive(Default)]
 pub struct Refunded {
     pub reversed: Vec<String>,
+    /// Commissions a partial refund took a share of (`commission.adjusted`).
+    pub adjusted: Vec<String>,
     /// Paid commissions: recorded and counted, not clawed back.
     pub already_paid: Vec<String>,
 }
 
-/// Applies a refund of `order_id`: reverses what is not paid yet, records it on what is.
+/// How much of an order has been refunded, all refunds so far included.
+#[derive(Clone, Copy, Debug)]
+pub enum RefundShare {
+    /// A refund without an amount, or refunds adding up to the order's amount or more.
+    Full,
+    /// `refunded` of the order's `amount` (both in minor units, `0 < refunded < amount`).
+    Part { refunded: i64, amount: i64 },
+}
+
+impl RefundShare {
+    /// The share of an order refunded by `refunds` (the amounts of its refund events so far,
+    /// `None` for one without an amount), the order having been sold for `sold`.
+    pub fn of(sold: i64, refunds: &[Option<i64>]) -> Self {
+        let refunded: Option<i64> = refunds.iter().copied().sum();
+        match refunded {
+            Some(refunded) if refunded < sold => Self::Part {
+                refunded,
+                amount: sold,
+            },
+            _ => Self::Full,
+        }
+    }
+
+    /// The part of `commission` this share takes back, rounded half up to the minor unit
+    /// (so refunds adding up to the whole take back exactly the whole).
+    fn of_commission(self, commission: i64) -> i64 {
+        match self {
+            Self::Full => commission,
+            Self::Part { refunded, amount } => {
+                let exact = (i128::from(commission) * i128::from(refunded) * 2
+                    + i128::from(amount))
+                .div_euclid(2 * i128::from(amount));
+                i64::try_from(exact).unwrap_or(commission).min(commission)
+            }
+        }
+    }
+}
+
+/// Applies a refund of `order_id` that brings its refunded share to `share`. In full: reverses
+/// what is not paid yet and records it on what is. In part: takes the refunded share of each
+/// pending or approved commission back (`reversed_amount`, announced as `commission.adjusted`),
+/// and records it on paid ones.
 pub async fn refund_order(
     state: &AppState,
     tx: &mut Tx,
     handoff: &mut Handoff,
     tenant_id: &str,
     order_id: &str,
+    share: RefundShare,
 ) -> anyhow::Result<Refunded> {
     let now = state.clock.now_ms();
     let mut refunded = Refunded::default();
     for mut commission in store::of_order(tx, tenant_id, order_id).await? {
-        match commission.status.as_str() {
-            "pending" | "approved" => {
+        match (commission.status.as_str(), share) {
+            ("pending" | "approved", RefundShare::Full) => {
                 commission.status = "reversed".to_owned();
                 commission.reversed_at = Some(now);
                 commission.refunded_at = Some(now);
@@ -159,7 +208,19 @@ pub async fn refund_order(
                 announce(state, tx, handoff, &commission, "commission.reversed").await?;
                 refunded.reversed.push(commission.id);
             }
-            "paid" => {
+            ("pending" | "approved", RefundShare::Part { .. }) => {
+                let taken = share.of_commission(commission.amount);
+                if taken <= commission.reversed_amount {
+                    continue;
+                }
+                commission.reversed_amount = taken;
+                commission.refunded_at = Some(now);
+                commission.updated_at = now;
+                store::update_status(tx, &commission).await?;
+                announce(state, tx, handoff, &commission, "commission.adjusted").await?;
+                refunded.adjusted.push(commission.id);
+            }
+            ("paid", _) => {
                 commission.refunded_at.get_or_insert(now);
                 commission.updated_at = now;
                 store::update_status(tx, &commission).await?;
@@ -180,6 +241,7 @@ fn payload(c: &StoredCommission) -> Value {
         click_id: c.click_id.clone(),
         transaction_id: c.transaction_id.clone(),
         amount: c.amount,
+        reversed_amount: c.reversed_amount,
         currency: c.currency.clone(),
         status: c.status.clone(),
         created_at: rfc3339(c.created_at),
@@ -278,6 +340,29 @@ mod tests {
             let exact = quotient + u128::from(remainder * 2 >= 10_000);
             prop_assert_eq!(percent_of(amount, bps) as u128, exact);
         }
+    }
+
+    #[test]
+    fn a_partial_refund_takes_back_its_share_rounded_half_up() {
+        let quarter = RefundShare::of(10_000, &[Some(2_500)]);
+        assert_eq!(quarter.of_commission(1_000), 250);
+        assert_eq!(quarter.of_commission(333), 83); // 83.25
+        assert_eq!(RefundShare::of(3, &[Some(1)]).of_commission(1), 0); // 0.33
+        assert_eq!(RefundShare::of(2, &[Some(1)]).of_commission(1), 1); // 0.5 -> 1
+                                                                        // Cumulative: two refunds of a third each take two thirds, not two rounded thirds.
+        assert_eq!(
+            RefundShare::of(300, &[Some(100), Some(100)]).of_commission(100),
+            67
+        );
+        assert!(matches!(
+            RefundShare::of(300, &[Some(100), Some(200)]),
+            RefundShare::Full
+        ));
+        assert!(matches!(
+            RefundShare::of(300, &[Some(100), None]),
+            RefundShare::Full
+        ));
+        assert!(matches!(RefundShare::of(0, &[Some(0)]), RefundShare::Full));
     }
 
     #[test]

@@ -35,8 +35,11 @@ pub struct Commission {
     pub order_id: String,
     /// Stable per conversion: trackers and receivers deduplicate on it.
     pub transaction_id: String,
-    /// Minor units of `currency`.
+    /// Minor units of `currency`, as accrued.
     pub amount: i64,
+    /// What partial refunds of its order took back (minor units): it pays
+    /// `amount - reversed_amount`.
+    pub reversed_amount: i64,
     pub currency: String,
     /// `pending`, `approved`, `reversed` or `paid`.
     pub status: String,
@@ -65,6 +68,7 @@ impl From<StoredCommission> for Commission {
             order_id: c.order_id,
             transaction_id: c.transaction_id,
             amount: c.amount,
+            reversed_amount: c.reversed_amount,
             currency: c.currency,
             status: c.status,
         }

@@ -15,6 +15,8 @@ pub struct StoredCommission {
     pub order_id: String,
     pub transaction_id: String,
     pub amount: i64,
+    /// What partial refunds took back so far (minor units): it pays `amount - reversed_amount`.
+    pub reversed_amount: i64,
     pub currency: String,
     pub status: String,
     pub matures_at: i64,
@@ -26,13 +28,14 @@ pub struct StoredCommission {
 }
 
 const COLUMNS: &str = "id, tenant_id, partner_id, campaign_id, conversion_id, click_id, event_id, \
-    order_id, transaction_id, amount, currency, status, matures_at, approved_at, reversed_at, \
-    refunded_at, created_at, updated_at";
+    order_id, transaction_id, amount, reversed_amount, currency, status, matures_at, approved_at, \
+    reversed_at, refunded_at, created_at, updated_at";
 
 pub async fn insert(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO commissions ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19)"
     );
     sqlx::query(&sql)
         .bind(&c.id)
@@ -45,6 +48,7 @@ pub async fn insert(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
         .bind(&c.order_id)
         .bind(&c.transaction_id)
         .bind(c.amount)
+        .bind(c.reversed_amount)
         .bind(&c.currency)
         .bind(&c.status)
         .bind(c.matures_at)
@@ -58,11 +62,11 @@ pub async fn insert(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Saves a commission's status and its times.
+/// Saves a commission's status, what partial refunds took back, and its times.
 pub async fn update_status(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE commissions SET status = $1, approved_at = $2, reversed_at = $3, refunded_at = $4,
-            updated_at = $5
+            updated_at = $5, reversed_amount = $8
          WHERE tenant_id = $6 AND id = $7",
     )
     .bind(&c.status)
@@ -72,6 +76,7 @@ pub async fn update_status(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()
     .bind(c.updated_at)
     .bind(&c.tenant_id)
     .bind(&c.id)
+    .bind(c.reversed_amount)
     .execute(&mut **tx)
     .await?;
     Ok(())

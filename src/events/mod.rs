@@ -74,6 +74,9 @@ pub struct EventResult {
     pub commission_id: Option<String>,
     /// For a refund: commissions of the order it reversed.
     pub reversed_commission_ids: Vec<String>,
+    /// For a partial refund: commissions of the order it took the refunded share of.
+    #[serde(default)]
+    pub adjusted_commission_ids: Vec<String>,
     /// For a refund: paid commissions of the order, recorded but not clawed back.
     pub refunded_paid_commission_ids: Vec<String>,
 }
@@ -258,12 +261,18 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
         attribution: None,
         commission_id: None,
         reversed_commission_ids: Vec::new(),
+        adjusted_commission_ids: Vec::new(),
         refunded_paid_commission_ids: Vec::new(),
     };
     if event.event_type == "refund" {
+        // This refund is stored already, so the share counts it with the earlier ones.
+        let (sold, refunds) = store::order_amounts(&mut tx, tenant_id, order_id).await?;
+        let share = commissions::RefundShare::of(sold, &refunds);
         let refunded =
-            commissions::refund_order(state, &mut tx, &mut handoff, tenant_id, order_id).await?;
+            commissions::refund_order(state, &mut tx, &mut handoff, tenant_id, order_id, share)
+                .await?;
         result.reversed_commission_ids = refunded.reversed;
+        result.adjusted_commission_ids = refunded.adjusted;
         result.refunded_paid_commission_ids = refunded.already_paid;
     } else {
         let clicks = match (&event.click_id, &customer_id) {

@@ -79,3 +79,30 @@ pub async fn set_result(tx: &mut Tx, tenant_id: &str, id: &str, result: &str) ->
         .await?;
     Ok(())
 }
+
+/// What `order_id` sold for (the amounts of its conversions other than refunds) and the
+/// amounts of its refunds so far (`None` for a refund without an amount).
+pub async fn order_amounts(
+    tx: &mut Tx,
+    tenant_id: &str,
+    order_id: &str,
+) -> sqlx::Result<(i64, Vec<Option<i64>>)> {
+    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT event_type, amount FROM conversions WHERE tenant_id = $1 AND order_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(order_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let sold = rows
+        .iter()
+        .filter(|(t, _)| t != "refund")
+        .map(|(_, amount)| amount.unwrap_or(0))
+        .sum();
+    let refunds = rows
+        .into_iter()
+        .filter(|(t, _)| t == "refund")
+        .map(|(_, amount)| amount)
+        .collect();
+    Ok((sold, refunds))
+}

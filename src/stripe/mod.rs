@@ -17,9 +17,10 @@
 //!   `renewal` (`billing_reason: subscription_cycle`) of `amount_paid`; order: the invoice. Stripe
 //!   does not order its deliveries, so while the customer is unknown the job waits (up to an
 //!   hour after the event arrived) for the checkout that names it.
-//! - `charge.refunded` (in full): a `refund` of the charge's invoice or payment intent.
-//!   `charge.dispute.closed` lost: the same. A partial refund and an opened dispute are recorded
-//!   and reverse nothing.
+//! - `charge.refunded`: a `refund` of the charge's invoice or payment intent, of what the charge's
+//!   `amount_refunded` grew by; a partial refund takes the refunded share of the commissions
+//!   back, a full one reverses them. `charge.dispute.closed` lost: a refund of the disputed
+//!   amount. An opened dispute is recorded and reverses nothing (disputes can be won).
 //! - `invoice.payment_failed` and `account.updated` are recorded; other types are ignored, as
 //!   is an event whose `livemode` differs from the configured key's mode.
 
@@ -177,6 +178,8 @@ struct Envelope {
     #[serde(default)]
     livemode: bool,
     account: Option<String>,
+    #[serde(default)]
+    data: Value,
 }
 
 /// Stores a verified event and enqueues its processing in one transaction. `body` is the raw
@@ -210,6 +213,7 @@ pub async fn accept(
         event_type: envelope.event_type,
         livemode: i64::from(envelope.livemode),
         account: envelope.account,
+        object_id: text(&envelope.data["object"], "id").map(str::to_owned),
         payload,
         received_at: now,
         state: if mismatch { "ignored" } else { "received" }.to_owned(),
@@ -290,7 +294,10 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
     worker.register(
         PROCESS,
         KindOptions {
-            concurrency: 8,
+            // One at a time per node: a refund's amount is what the charge's total grew by
+            // since the events of it processed before, which two at once could both miss.
+            // (Several nodes can still race on two refunds of one charge in the same instant.)
+            concurrency: 1,
             schedule: RetrySchedule::default(),
             lease: Duration::from_secs(state.config.job_lease_secs),
         },
@@ -582,16 +589,46 @@ impl Source<'_> {
         Ok(with_notes(step, &notes))
     }
 
+    /// Stripe's `amount_refunded` is the charge's total so far: the refund this event adds is
+    /// what it exceeds the largest total an earlier event of the charge brought (events may
+    /// arrive out of order; one that adds nothing is recorded).
     async fn charge_refunded(&self, charge: &Value) -> anyhow::Result<Step> {
-        let amount = charge["amount"].as_i64().unwrap_or(0);
-        let refunded = charge["amount_refunded"].as_i64().unwrap_or(0);
-        if refunded < amount {
+        let total = charge["amount_refunded"].as_i64().unwrap_or(0);
+        let earlier = match text(charge, "id") {
+            Some(id) => {
+                let mut tx = self.state.db.read(self.tenant_id).await?;
+                let outcomes = store::outcomes_about(
+                    &mut tx,
+                    self.tenant_id,
+                    id,
+                    &self.event.event_type,
+                    &self.event.id,
+                )
+                .await?;
+                tx.commit().await?;
+                outcomes
+                    .iter()
+                    .filter_map(|o| serde_json::from_str::<Value>(o).ok())
+                    .filter_map(|o| o["amount_refunded"].as_i64())
+                    .max()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        if total <= earlier {
             return Ok(Step::Resolved(Resolution::new(
                 "recorded",
-                json!({"reason": "partial_refund", "amount_refunded": refunded, "amount": amount}),
+                json!({"reason": "refund_already_counted", "amount_refunded": total}),
             )));
         }
-        self.refund(charge, refunded).await
+        let step = self.refund(charge, total - earlier).await?;
+        Ok(match step {
+            Step::Resolved(mut resolution) => {
+                resolution.outcome["amount_refunded"] = json!(total);
+                Step::Resolved(resolution)
+            }
+            wait => wait,
+        })
     }
 
     async fn dispute_closed(&self, dispute: &Value) -> anyhow::Result<Step> {

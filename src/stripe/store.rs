@@ -56,6 +56,7 @@ pub struct StoredEvent {
     pub event_type: String,
     pub livemode: i64,
     pub account: Option<String>,
+    pub object_id: Option<String>,
     pub payload: String,
     pub received_at: i64,
     pub state: String,
@@ -64,14 +65,14 @@ pub struct StoredEvent {
 }
 
 const COLUMNS: &str =
-    "id, type, livemode, account, payload, received_at, state, outcome, updated_at";
+    "id, type, livemode, account, object_id, payload, received_at, state, outcome, updated_at";
 
 /// Stores a verified event unless its id is known; true when this call stored it.
 pub async fn insert_event(tx: &mut Tx, tenant_id: &str, e: &StoredEvent) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
-        "INSERT INTO stripe_events (tenant_id, id, type, livemode, account, payload, received_at,
-             state, outcome, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO stripe_events (tenant_id, id, type, livemode, account, object_id, payload,
+             received_at, state, outcome, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (tenant_id, id) DO NOTHING",
     )
     .bind(tenant_id)
@@ -79,6 +80,7 @@ pub async fn insert_event(tx: &mut Tx, tenant_id: &str, e: &StoredEvent) -> sqlx
     .bind(&e.event_type)
     .bind(e.livemode)
     .bind(&e.account)
+    .bind(&e.object_id)
     .bind(&e.payload)
     .bind(e.received_at)
     .bind(&e.state)
@@ -148,4 +150,26 @@ pub async fn list_events(
     .bind(page.fetch())
     .fetch_all(&mut **tx)
     .await
+}
+
+/// The outcomes of the other processed events of `event_type` about the object `object_id`.
+pub async fn outcomes_about(
+    tx: &mut Tx,
+    tenant_id: &str,
+    object_id: &str,
+    event_type: &str,
+    except: &str,
+) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT outcome FROM stripe_events
+         WHERE tenant_id = $1 AND object_id = $2 AND type = $3 AND id <> $4
+           AND state = 'processed'",
+    )
+    .bind(tenant_id)
+    .bind(object_id)
+    .bind(event_type)
+    .bind(except)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(o,)| o).collect())
 }

@@ -47,7 +47,7 @@ pub struct AttributionEvent {
     pub created_at: String,
 }
 
-/// `commission.accrued`, `commission.approved`, `commission.reversed`.
+/// `commission.accrued`, `commission.approved`, `commission.adjusted`, `commission.reversed`.
 #[derive(Serialize, JsonSchema)]
 pub struct CommissionEvent {
     pub commission_id: String,
@@ -58,8 +58,10 @@ pub struct CommissionEvent {
     pub click_id: String,
     /// Stable per conversion, so receivers can deduplicate.
     pub transaction_id: String,
-    /// Minor units of `currency`.
+    /// Minor units of `currency`, as accrued.
     pub amount: i64,
+    /// What partial refunds took back (minor units): it pays `amount - reversed_amount`.
+    pub reversed_amount: i64,
     /// ISO 4217.
     pub currency: String,
     /// `pending`, `approved`, `reversed` or `paid`.
@@ -114,6 +116,7 @@ fn commission_example() -> Value {
         click_id: "clk_01JB3Z3C5D7E9F1G3H5J7K9M1N".to_owned(),
         transaction_id: "txn_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned(),
         amount: 1250,
+        reversed_amount: 0,
         currency: "EUR".to_owned(),
         status: "pending".to_owned(),
         created_at: "2026-11-02T14:00:00.000Z".to_owned(),
@@ -186,6 +189,16 @@ pub const CATALOG: &[EventType] = &[
         example: || {
             let mut example = commission_example();
             example["status"] = json!("approved");
+            example
+        },
+    },
+    EventType {
+        name: "commission.adjusted",
+        description: "A partial refund took its share of a commission back (reversed_amount)",
+        schema: || schema_for!(CommissionEvent),
+        example: || {
+            let mut example = commission_example();
+            example["reversed_amount"] = json!(313);
             example
         },
     },
