@@ -54,6 +54,8 @@ pub struct Shared {
     pub links: Arc<Links>,
     /// The webhook delivery path's batched fan-outs, reads and success records.
     pub webhooks: crate::webhooks::delivery::Batches,
+    /// The one outbound Stripe client.
+    pub stripe: crate::stripe::client::StripeClient,
 }
 
 /// The default tenant and admin key created on first start: shown once.
@@ -167,6 +169,12 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         Duration::from_secs(config.webhook_timeout_secs),
     );
     let links = Links::start(db.clone());
+    let stripe = crate::stripe::client::StripeClient::new(
+        config.stripe_api_base.as_deref(),
+        &config.outbound_allow,
+        Duration::from_secs(config.webhook_timeout_secs),
+        config.stripe_rate_limit,
+    )?;
     // The phone-number metadata loads on first use (hundreds of milliseconds): not in a request.
     tokio::task::spawn_blocking(|| {
         crate::identities::normalize_phone("+447911123456", phonenumber::country::Id::GB)
@@ -185,6 +193,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
         limits: limits.clone(),
         metrics: Arc::new(Metrics::default()),
         links,
+        stripe,
         config: Arc::new(config),
     }));
     let app = crate::http::router(state.clone());
@@ -217,6 +226,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     // Periodic jobs: every node schedules them; each window runs once (dedupe keys).
     let periodic = crate::commissions::schedule(Periodic::new(state.queue.clone()))?;
     let periodic = crate::http::idempotency::schedule(periodic)?;
+    let periodic = crate::stripe::meters::schedule(periodic, &state)?;
     let mut periodic_stopped = stopped.clone();
     tokio::spawn(periodic.run(PERIODIC_TICK, async move {
         let _ = periodic_stopped.changed().await;
@@ -228,6 +238,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let worker = crate::postbacks::register(worker, state.clone());
     let worker = crate::http::idempotency::register(worker, state.clone());
     let worker = crate::stripe::register(worker, state.clone());
+    let worker = crate::stripe::meters::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

@@ -107,6 +107,18 @@ pub enum TenantsCommand {
         #[arg(long, value_parser = crate::identities::parse_region)]
         phone_region: Option<phonenumber::country::Id>,
     },
+    /// Change a tenant's settings.
+    Update {
+        #[arg(long)]
+        slug: String,
+        /// The tenant's customer (`cus_...`) in the operator's Stripe account, billed by usage
+        /// from now on; `none` stops billing it.
+        #[arg(long)]
+        billing_customer: Option<String>,
+        /// Region for the tenant's phone numbers written without a country code.
+        #[arg(long, value_parser = crate::identities::parse_region)]
+        phone_region: Option<phonenumber::country::Id>,
+    },
 }
 
 pub fn init_tracing(config: &Config) {
@@ -253,11 +265,18 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
 }
 
 async fn tenants_command(config: &Config, command: TenantsCommand) -> anyhow::Result<()> {
-    let TenantsCommand::Create {
-        slug,
-        name,
-        phone_region,
-    } = command;
+    let (slug, name, phone_region) = match command {
+        TenantsCommand::Create {
+            slug,
+            name,
+            phone_region,
+        } => (slug, name, phone_region),
+        TenantsCommand::Update {
+            slug,
+            billing_customer,
+            phone_region,
+        } => return update_tenant(config, &slug, billing_customer, phone_region).await,
+    };
     anyhow::ensure!(
         config.tenancy == Tenancy::Multi,
         "this hub runs in single-tenant mode; set SWITCHYARD_TENANCY=multi to create tenants"
@@ -287,5 +306,35 @@ async fn tenants_command(config: &Config, command: TenantsCommand) -> anyhow::Re
     tx.commit().await?;
     println!("created tenant {} ({})\n", tenant.slug, tenant.id);
     print_issued(&issued);
+    Ok(())
+}
+
+async fn update_tenant(
+    config: &Config,
+    slug: &str,
+    billing_customer: Option<String>,
+    phone_region: Option<phonenumber::country::Id>,
+) -> anyhow::Result<()> {
+    let db = app::open_migrated(config).await?;
+    let tenant_id = tenant_id(&db, slug).await?;
+    let mut tx = db.write(&tenant_id).await?;
+    if let Some(region) = phone_region {
+        tenants::set_phone_region(&mut tx, &tenant_id, Some(region.as_ref())).await?;
+    }
+    match billing_customer.as_deref().map(str::trim) {
+        Some("none") => tenants::set_billing_customer(&mut tx, &tenant_id, None).await?,
+        Some(customer) => {
+            anyhow::ensure!(
+                customer.starts_with("cus_") && customer.len() <= 255,
+                "--billing-customer must be a Stripe customer id (cus_...) or none"
+            );
+            tenants::set_billing_customer(&mut tx, &tenant_id, Some(customer)).await?;
+            crate::stripe::meters::start_mark(&mut tx, &tenant_id, Clock::default().now_ms())
+                .await?;
+        }
+        None => {}
+    }
+    tx.commit().await?;
+    println!("updated tenant {slug}");
     Ok(())
 }

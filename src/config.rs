@@ -192,6 +192,49 @@ pub struct Config {
     )]
     pub stripe_webhook_secrets: Vec<String>,
 
+    /// Stripe's API base URL; set it only to use a local stand-in (tests). When set, it is
+    /// allowlisted for the outbound SSRF guard.
+    #[arg(long, env = "SWITCHYARD_STRIPE_API_BASE", global = true)]
+    pub stripe_api_base: Option<String>,
+
+    /// Requests per second this node sends to one Stripe account.
+    #[arg(
+        long,
+        env = "SWITCHYARD_STRIPE_RATE_LIMIT",
+        default_value = "25",
+        global = true
+    )]
+    pub stripe_rate_limit: std::num::NonZeroU32,
+
+    /// The operator's Stripe key for billing tenants by usage (meter events); unset, no usage
+    /// is reported.
+    #[arg(
+        long,
+        env = "SWITCHYARD_PLATFORM_STRIPE_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub platform_stripe_key: Option<String>,
+
+    /// The Stripe Billing meter's event name that usage is reported to.
+    #[arg(
+        long,
+        env = "SWITCHYARD_STRIPE_METER_EVENT",
+        default_value = "switchyard_attributed_revenue",
+        global = true
+    )]
+    pub stripe_meter_event: String,
+
+    /// The one currency the meter counts (ISO 4217): attributed revenue in other currencies is
+    /// not reported.
+    #[arg(
+        long,
+        env = "SWITCHYARD_STRIPE_METER_CURRENCY",
+        default_value = "USD",
+        global = true
+    )]
+    pub stripe_meter_currency: String,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -235,6 +235,8 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Admin,
         404,
     ),
+    // No SWITCHYARD_PLATFORM_STRIPE_KEY in the test server: allowed callers learn that.
+    ("POST", "/v1/billing/report-usage", Needs::Admin, 409),
 ];
 
 enum Caller {

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::stripe::{deliver, event, send, signature};
+use common::process::{run, switchyard};
+use common::stripe::{deliver, event, send, signature, FakeStripe};
 use common::{assert_problem, create_tenant, Engine, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -18,6 +19,7 @@ on_both_engines!(
     an_event_of_the_other_mode_is_ignored,
     an_invoice_before_its_checkout_waits_for_the_customer,
     partial_refunds_take_their_share_and_a_lost_dispute_the_rest,
+    usage_is_metered_once_per_window_and_a_failed_window_is_sent_again_unchanged,
 );
 
 const SECRET: &str = "whsec_test_platform_secret_0123456789";
@@ -529,4 +531,128 @@ async fn partial_refunds_take_their_share_and_a_lost_dispute_the_rest(engine: En
         earned["id"]
     );
     srv.stop().await;
+}
+
+/// A purchase of `amount` in `currency` through a new partner's click; waits for nothing else.
+async fn attributed_purchase(srv: &TestServer, n: u32, amount: i64, currency: &str) {
+    let campaign = srv.campaign(json!({})).await;
+    let partner = srv.partner(&format!("meter{n}@example.com")).await;
+    let (_, link) = srv
+        .post(
+            &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
+            &srv.admin_key,
+            json!({"campaign_id": campaign["id"]}),
+        )
+        .await;
+    let (_, location) = srv
+        .click(&format!("/r/{}", link["key"].as_str().unwrap()), &[])
+        .await;
+    let click = url::Url::parse(&location.unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "click_id")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, converted) = srv
+        .post(
+            "/v1/events",
+            &srv.admin_key,
+            json!({"event_id": format!("meter-{n}"), "type": "purchase", "click_id": click,
+                   "amount": amount, "currency": currency}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{converted}");
+    assert!(converted["attribution"].is_object(), "{converted}");
+}
+
+async fn usage_is_metered_once_per_window_and_a_failed_window_is_sent_again_unchanged(
+    engine: Engine,
+) {
+    let fake = FakeStripe::start().await;
+    let srv = TestServer::start_with(
+        engine,
+        &[
+            "--platform-stripe-key",
+            "sk_test_platform_key_1234",
+            "--stripe-api-base",
+            &fake.url,
+            "--stripe-meter-currency",
+            "EUR",
+        ],
+    )
+    .await;
+    let updated = run(switchyard(&srv.db).args([
+        "tenants",
+        "update",
+        "--slug",
+        "default",
+        "--billing-customer",
+        "cus_operator_1",
+    ]));
+    assert!(updated.status.success(), "{updated:?}");
+    attributed_purchase(&srv, 1, 10_000, "EUR").await;
+    attributed_purchase(&srv, 2, 700, "USD").await; // another currency: not this meter's
+
+    // Stripe fails once, asking for a retry: the window stays pending.
+    fake.answer(
+        500,
+        &[("Stripe-Should-Retry", "true")],
+        json!({"error": {"type": "api_error", "message": "try again"}}),
+    );
+    let failed = report(&srv).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["value"], 10_000);
+    // A purchase meanwhile waits for the next window; the retry sends the same event.
+    attributed_purchase(&srv, 3, 2_000, "EUR").await;
+    let retried = report(&srv).await;
+    assert_eq!(retried["status"], "reported", "{retried}");
+    assert_eq!(retried["value"], 10_000);
+    assert_eq!(retried["identifier"], failed["identifier"]);
+    let next = report(&srv).await;
+    assert_eq!(
+        (next["status"].as_str(), next["value"].as_i64()),
+        (Some("reported"), Some(2_000))
+    );
+    assert_ne!(next["identifier"], failed["identifier"]);
+    let nothing = report(&srv).await;
+    assert_eq!(nothing["status"], "nothing_to_report");
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    for request in &sent {
+        assert_eq!(request.path, "/v1/billing/meter_events");
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some("Bearer sk_test_platform_key_1234")
+        );
+        assert_eq!(
+            request.content_type.as_deref(),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(
+            request.field("event_name"),
+            Some("switchyard_attributed_revenue")
+        );
+        assert_eq!(
+            request.field("payload[stripe_customer_id]"),
+            Some("cus_operator_1")
+        );
+        assert!(request.field("timestamp").unwrap().parse::<i64>().is_ok());
+    }
+    assert_eq!(sent[0].form, sent[1].form, "the retry is the same request");
+    assert_eq!(sent[0].idempotency_key, sent[1].idempotency_key);
+    assert_eq!(sent[0].field("identifier"), failed["identifier"].as_str());
+    assert_eq!(sent[0].field("payload[value]"), Some("10000"));
+    assert_eq!(sent[2].field("payload[value]"), Some("2000"));
+    assert_ne!(sent[2].idempotency_key, sent[0].idempotency_key);
+    srv.stop().await;
+}
+
+async fn report(srv: &TestServer) -> Value {
+    let (status, body) = srv
+        .post("/v1/billing/report-usage", &srv.admin_key, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["reports"][0].clone()
 }

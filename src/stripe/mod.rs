@@ -24,6 +24,8 @@
 //! - `invoice.payment_failed` and `account.updated` are recorded; other types are ignored, as
 //!   is an event whose `livemode` differs from the configured key's mode.
 
+pub mod client;
+pub mod meters;
 pub mod routes;
 pub mod signature;
 mod store;

@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(get_event))
         .routes(routes!(reprocess_event))
+        .routes(routes!(report_usage))
 }
 
 /// What the API shows of the Stripe settings: never a secret.
@@ -390,4 +391,36 @@ async fn reprocess_event(
     principal.require_admin()?;
     let event = super::reprocess(&state, &principal.tenant_id, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(StripeEvent::from(&event))))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageReports {
+    pub reports: Vec<super::meters::UsageReport>,
+}
+
+/// Report every billed tenant's attributed revenue to the operator's Stripe meter now
+/// (operator: an admin key of the default tenant). Runs daily by itself; each tenant's window
+/// ends now, and a window that failed is sent again, unchanged, by the next run.
+#[utoipa::path(post, path = "/v1/billing/report-usage", tag = "stripe",
+    responses(
+        (status = 200, body = UsageReports),
+        (status = 409, body = Problem, content_type = "application/problem+json",
+            description = "`billing_not_configured`: SWITCHYARD_PLATFORM_STRIPE_KEY is not set"),
+        AuthProblems,
+    ))]
+async fn report_usage(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<UsageReports>> {
+    principal.require_operator(state.config.tenancy)?;
+    if state.config.platform_stripe_key.is_none() {
+        return Err(Error::Conflict {
+            code: "billing_not_configured",
+            detail: "set SWITCHYARD_PLATFORM_STRIPE_KEY to report usage to Stripe".to_owned(),
+        });
+    }
+    let reports = super::meters::report_all(&state, state.clock.now_ms()).await?;
+    Ok(axum::Json(UsageReports {
+        reports: reports.into_iter().map(|(report, _)| report).collect(),
+    }))
 }

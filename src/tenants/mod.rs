@@ -131,6 +131,38 @@ pub async fn find_by_slug(tx: &mut Tx, slug: &str) -> sqlx::Result<Option<Tenant
         .await
 }
 
+/// A tenant the operator bills by usage.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Billed {
+    pub id: String,
+    pub slug: String,
+    pub billing_customer: String,
+}
+
+/// The tenants with a billing customer.
+pub async fn billed(pool: &sqlx::AnyPool) -> sqlx::Result<Vec<Billed>> {
+    sqlx::query_as(
+        "SELECT id, slug, billing_customer FROM tenants
+         WHERE billing_customer IS NOT NULL ORDER BY slug",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Sets (or, with `None`, clears) the tenant's customer in the operator's Stripe account.
+pub async fn set_billing_customer(
+    tx: &mut Tx,
+    tenant_id: &str,
+    customer: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE tenants SET billing_customer = $1 WHERE id = $2")
+        .bind(customer)
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// True when `tenant_id` is the default tenant (the one configuration settings apply to).
 pub async fn is_default(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<bool> {
     let slug: Option<(String,)> = sqlx::query_as("SELECT slug FROM tenants WHERE id = $1")

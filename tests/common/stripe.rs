@@ -95,3 +95,104 @@ pub async fn send(
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A request the fake Stripe API received.
+#[derive(Clone, Debug)]
+pub struct StripeRequest {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub content_type: Option<String>,
+    /// The form body, decoded, in order.
+    pub form: Vec<(String, String)>,
+}
+
+impl StripeRequest {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A local stand-in for Stripe's API: records every request and answers from a queue of
+/// (status, headers, JSON body), or 200 with an echo of the object when the queue is empty.
+pub struct FakeStripe {
+    pub url: String,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>,
+    answers: std::sync::Arc<
+        std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
+    >,
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        use axum::http::HeaderMap;
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>> = Default::default();
+        let answers: std::sync::Arc<
+            std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
+        > = Default::default();
+        let (seen, queued) = (requests.clone(), answers.clone());
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let (seen, queued) = (seen.clone(), queued.clone());
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    seen.lock().unwrap().push(StripeRequest {
+                        path: uri.path().to_owned(),
+                        authorization: header("authorization"),
+                        idempotency_key: header("idempotency-key"),
+                        content_type: header("content-type"),
+                        form: url::form_urlencoded::parse(&body).into_owned().collect(),
+                    });
+                    let (status, extra, body) = queued.lock().unwrap().pop_front().unwrap_or((
+                        200,
+                        Vec::new(),
+                        json!({"object": "billing.meter_event", "livemode": false}),
+                    ));
+                    let mut response = axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        axum::Json(body),
+                    ));
+                    for (name, value) in extra {
+                        response.headers_mut().insert(
+                            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                            value.parse().unwrap(),
+                        );
+                    }
+                    response
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeStripe {
+            url,
+            requests,
+            answers,
+        }
+    }
+
+    /// Queues an answer for the next request.
+    pub fn answer(&self, status: u16, headers: &[(&str, &str)], body: Value) {
+        self.answers.lock().unwrap().push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body,
+        ));
+    }
+
+    pub fn received(&self) -> Vec<StripeRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
