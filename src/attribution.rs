@@ -136,6 +136,31 @@ pub async fn record(
     Ok(id)
 }
 
+/// The revenue attributed to partners in `tenant_id` between `after` and `until` (Unix ms, the
+/// attributions' times, `after` excluded): the amounts in `currency` of the attributed
+/// conversions (refunds are never attributed).
+pub async fn revenue(
+    tx: &mut Tx,
+    tenant_id: &str,
+    currency: &str,
+    after: i64,
+    until: i64,
+) -> sqlx::Result<i64> {
+    let (sum,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT)
+         FROM attributions a JOIN conversions c ON c.id = a.conversion_id
+         WHERE a.tenant_id = $1 AND c.tenant_id = $1 AND c.currency = $2
+           AND a.created_at > $3 AND a.created_at <= $4",
+    )
+    .bind(tenant_id)
+    .bind(currency)
+    .bind(after)
+    .bind(until)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,29 +201,4 @@ mod tests {
         ];
         assert_eq!(choose(first, 10 * DAY_MS).unwrap().click_id, "b");
     }
-}
-
-/// The revenue attributed to partners in `tenant_id` between `after` and `until` (Unix ms, the
-/// attributions' times, `after` excluded): the amounts in `currency` of the attributed
-/// conversions (refunds are never attributed).
-pub async fn revenue(
-    tx: &mut Tx,
-    tenant_id: &str,
-    currency: &str,
-    after: i64,
-    until: i64,
-) -> sqlx::Result<i64> {
-    let (sum,): (i64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT)
-         FROM attributions a JOIN conversions c ON c.id = a.conversion_id
-         WHERE a.tenant_id = $1 AND c.tenant_id = $1 AND c.currency = $2
-           AND a.created_at > $3 AND a.created_at <= $4",
-    )
-    .bind(tenant_id)
-    .bind(currency)
-    .bind(after)
-    .bind(until)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(sum)
 }
