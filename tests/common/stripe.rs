@@ -116,23 +116,24 @@ impl StripeRequest {
     }
 }
 
+/// Answers the fake Stripe API gives, in order: (status, headers, JSON body).
+type Answers = std::sync::Arc<
+    std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
+>;
+
 /// A local stand-in for Stripe's API: records every request and answers from a queue of
 /// (status, headers, JSON body), or 200 with an echo of the object when the queue is empty.
 pub struct FakeStripe {
     pub url: String,
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>,
-    answers: std::sync::Arc<
-        std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
-    >,
+    answers: Answers,
 }
 
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
         use axum::http::HeaderMap;
         let requests: std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>> = Default::default();
-        let answers: std::sync::Arc<
-            std::sync::Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
-        > = Default::default();
+        let answers: Answers = Default::default();
         let (seen, queued) = (requests.clone(), answers.clone());
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
