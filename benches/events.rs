@@ -5,16 +5,15 @@
 //!     cargo bench --bench events                    # SQLite
 //!     SWITCHYARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo bench --bench events
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use clap::Parser as _;
-use serde_json::{json, Value};
-use switchyard::app::{self, Running};
-use switchyard::clock::Clock;
-use tokio::sync::{mpsc, Semaphore};
+use common::program::{admin, percentile, receiver, setup, start};
+use serde_json::json;
+use tokio::sync::Semaphore;
 
 const EVENTS: usize = 2000;
 const CONCURRENCY: usize = 16;
@@ -35,9 +34,9 @@ async fn main() {
         engines.push(("PostgreSQL", url.to_string(), Some((server, name))));
     }
     for (name, url, cleanup) in engines {
-        let running = start(&url).await;
+        let running = start(&url, &[]).await;
         let (port, mut arrivals) = receiver().await;
-        let clicks = setup(&running, port).await;
+        let clicks = setup(&running, port, EVENTS).await;
         let client = reqwest::Client::new();
         let base = format!("http://{}", running.addr);
         let key = running.first_start.as_ref().unwrap().key.plaintext.clone();
@@ -95,133 +94,4 @@ async fn main() {
             admin(&server, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
         }
     }
-}
-
-fn percentile(samples: &mut [Duration], q: f64) -> f64 {
-    samples.sort_unstable();
-    let rank = ((q * samples.len() as f64).ceil() as usize).max(1);
-    samples[rank - 1].as_secs_f64() * 1000.0
-}
-
-async fn admin(server: &str, sql: &str) {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
-}
-
-async fn start(url: &str) -> Running {
-    let args = [
-        "switchyard",
-        "--database-url",
-        url,
-        "--secrets-key",
-        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-        "--outbound-allow",
-        "127.0.0.0/8",
-        "--rate-limit-per-key",
-        "100000",
-        "--rate-limit-per-ip",
-        "100000",
-        "--log",
-        "warn",
-        "--db-max-connections",
-        "20",
-        "serve",
-    ];
-    let config = switchyard::cli::Cli::try_parse_from(args).unwrap().config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    app::start(config, Clock::default(), listener)
-        .await
-        .unwrap()
-}
-
-/// The receiver: reports the `event_id` of every `commission.accrued` it gets, and when.
-async fn receiver() -> (u16, mpsc::UnboundedReceiver<(String, Instant)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: Bytes| {
-            let tx = tx.clone();
-            async move {
-                let at = Instant::now();
-                if let Ok(message) = serde_json::from_slice::<Value>(&body) {
-                    if let Some(event_id) = message["data"]["event_id"].as_str() {
-                        let _ = tx.send((event_id.to_owned(), at));
-                    }
-                }
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (port, rx)
-}
-
-/// A subscription to `commission.accrued`, a partner, a campaign, a link, and one click per
-/// event to come; returns the click ids.
-async fn setup(running: &Running, port: u16) -> Vec<String> {
-    let base = format!("http://{}", running.addr);
-    let key = &running.first_start.as_ref().unwrap().key.plaintext;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let post = |path: &str, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-    };
-    post(
-        "/v1/webhooks",
-        json!({"url": format!("http://127.0.0.1:{port}/hook"), "event_types": ["commission.accrued"]}),
-    )
-    .await
-    .unwrap();
-    let partner: Value = post(
-        "/v1/partners",
-        json!({"email": "bench@example.com", "name": "B"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let campaign: Value = post(
-        "/v1/campaigns",
-        json!({"name": "Bench", "destination_url": "https://shop.example.com/",
-               "commission": {"type": "percent", "bps": 1000}}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let link: Value = post(
-        &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
-        json!({"campaign_id": campaign["id"]}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let follow = format!("{base}/r/{}", link["key"].as_str().unwrap());
-    let mut clicks = Vec::with_capacity(EVENTS);
-    for _ in 0..EVENTS {
-        let response = client.get(&follow).send().await.unwrap();
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        let click = url::Url::parse(&location)
-            .unwrap()
-            .query_pairs()
-            .find(|(k, _)| k == "click_id")
-            .unwrap()
-            .1
-            .into_owned();
-        clicks.push(click);
-    }
-    clicks
 }

@@ -1,5 +1,9 @@
 //! What the benchmarks share.
 
+#![allow(dead_code)]
+
+pub mod program;
+
 /// CPU time used so far, in clock ticks (1/100 s), from `/proc/<pid>/stat` (Linux). These
 /// per-process counters come from the scheduler's exact run times; the machine-wide ones in
 /// `/proc/stat` are sampled at each tick, which a load paced by timers can dodge.

@@ -48,6 +48,19 @@ pub use store::StoredEvent;
 
 /// The job that turns a stored event into what it means.
 pub const PROCESS: &str = "stripe.process";
+/// The same for the events that refund (`charge.refunded`, `charge.dispute.closed`), one at a
+/// time per node: a refund's amount is what the charge's total grew by since the events of it
+/// processed before, which two at once could both miss. (Several nodes can still race on two
+/// refunds of one charge in the same instant.)
+pub const PROCESS_REFUND: &str = "stripe.process_refund";
+
+/// The job kind that processes events of `event_type`.
+fn kind_of(event_type: &str) -> &'static str {
+    match event_type {
+        "charge.refunded" | "charge.dispute.closed" => PROCESS_REFUND,
+        _ => PROCESS,
+    }
+}
 /// How long an `invoice.paid` waits for its customer to become known.
 const WAIT_FOR_CUSTOMER_MS: i64 = 3600 * 1000;
 /// Most signing secrets of one kind a tenant may configure (Stripe rolls keep two at once).
@@ -103,9 +116,15 @@ pub fn key_mode(key: &str) -> Option<&'static str> {
     }
 }
 
-/// The tenant's settings: what `PUT /v1/stripe` stored, and for the default tenant the
-/// `STRIPE_SECRET_KEY` / `STRIPE_WEBHOOK_SECRETS` configuration beside it.
-pub async fn settings(state: &AppState, tx: &mut Tx, tenant_id: &str) -> anyhow::Result<Settings> {
+/// The settings of the tenant `tenant_id` (of slug `slug`): what `PUT /v1/stripe` stored, and
+/// for the default tenant the `STRIPE_SECRET_KEY` / `STRIPE_WEBHOOK_SECRETS` configuration
+/// beside it.
+pub async fn settings(
+    state: &AppState,
+    tx: &mut Tx,
+    tenant_id: &str,
+    slug: &str,
+) -> anyhow::Result<Settings> {
     let mut settings = match store::settings(tx, tenant_id).await? {
         Some(stored) => Settings {
             secret_key: match &stored.secret_key_sealed {
@@ -122,7 +141,7 @@ pub async fn settings(state: &AppState, tx: &mut Tx, tenant_id: &str) -> anyhow:
         },
         None => Settings::default(),
     };
-    if crate::tenants::is_default(tx, tenant_id).await? {
+    if slug == crate::tenants::DEFAULT_SLUG {
         if settings.secret_key.is_none() {
             settings.secret_key = state.config.stripe_secret_key.clone();
         }
@@ -232,7 +251,8 @@ pub async fn accept(
     }
     let mut handoff = state.queue.handoff();
     if !mismatch {
-        enqueue(&mut handoff, &mut tx, tenant_id, &event.id, &event.id).await?;
+        let kind = kind_of(&event.event_type);
+        enqueue(&mut handoff, &mut tx, kind, tenant_id, &event.id, &event.id).await?;
     }
     tx.commit().await?;
     handoff.start();
@@ -242,14 +262,12 @@ pub async fn accept(
 async fn enqueue(
     handoff: &mut job_queue::Handoff,
     tx: &mut Tx,
+    kind: &str,
     tenant_id: &str,
     event_id: &str,
     dedupe: &str,
 ) -> Result<(), Error> {
-    let mut job = NewJob::new(
-        PROCESS,
-        json!({"tenant_id": tenant_id, "event_id": event_id}),
-    );
+    let mut job = NewJob::new(kind, json!({"tenant_id": tenant_id, "event_id": event_id}));
     job.dedupe_key = Some(format!("stripe:{tenant_id}:{dedupe}"));
     handoff
         .enqueue_in(tx, job)
@@ -283,7 +301,8 @@ pub async fn reprocess(
     .await?;
     let mut handoff = state.queue.handoff();
     let dedupe = format!("{event_id}:{}", ids::new("rep"));
-    enqueue(&mut handoff, &mut tx, tenant_id, event_id, &dedupe).await?;
+    let kind = kind_of(&event.event_type);
+    enqueue(&mut handoff, &mut tx, kind, tenant_id, event_id, &dedupe).await?;
     tx.commit().await?;
     handoff.start();
     Ok(event)
@@ -291,33 +310,37 @@ pub async fn reprocess(
 
 pub use store::{find_event, list_events};
 
-/// Registers the processing job on `worker`.
+/// Registers the processing jobs on `worker`.
 pub fn register(worker: Worker, state: AppState) -> Worker {
-    worker.register(
-        PROCESS,
-        KindOptions {
-            // One at a time per node: a refund's amount is what the charge's total grew by
-            // since the events of it processed before, which two at once could both miss.
-            // (Several nodes can still race on two refunds of one charge in the same instant.)
-            concurrency: 1,
-            schedule: RetrySchedule::default(),
-            lease: Duration::from_secs(state.config.job_lease_secs),
-        },
-        move |job: Job| {
+    let lease = Duration::from_secs(state.config.job_lease_secs);
+    [(PROCESS, 8), (PROCESS_REFUND, 1)]
+        .into_iter()
+        .fold(worker, |worker, (kind, concurrency)| {
             let state = state.clone();
-            async move {
-                let Ok(payload) = serde_json::from_value::<ProcessPayload>(job.payload) else {
-                    return Outcome::Fail("malformed stripe.process payload".to_owned());
-                };
-                match process(&state, &payload.tenant_id, &payload.event_id).await {
-                    Ok(outcome) => outcome,
-                    Err(err) => {
-                        Outcome::retry(format!("processing a Stripe event failed: {err:#}"))
+            worker.register(
+                kind,
+                KindOptions {
+                    concurrency,
+                    schedule: RetrySchedule::default(),
+                    lease,
+                },
+                move |job: Job| {
+                    let state = state.clone();
+                    async move {
+                        let Ok(payload) = serde_json::from_value::<ProcessPayload>(job.payload)
+                        else {
+                            return Outcome::Fail("malformed Stripe event job payload".to_owned());
+                        };
+                        match process(&state, &payload.tenant_id, &payload.event_id).await {
+                            Ok(outcome) => outcome,
+                            Err(err) => {
+                                Outcome::retry(format!("processing a Stripe event failed: {err:#}"))
+                            }
+                        }
                     }
-                }
-            }
-        },
-    )
+                },
+            )
+        })
 }
 
 #[derive(Deserialize)]

@@ -88,7 +88,7 @@ async fn get_settings(
     principal.require_admin()?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
-    let settings = super::settings(&state, &mut tx, tenant).await?;
+    let settings = super::settings(&state, &mut tx, tenant, &principal.tenant_slug).await?;
     tx.commit().await?;
     Ok(axum::Json(shown(&state, &principal.tenant_slug, &settings)))
 }
@@ -169,7 +169,7 @@ async fn put_settings(
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
     super::save_settings(&state, &mut tx, tenant, &settings).await?;
-    let saved = super::settings(&state, &mut tx, tenant).await?;
+    let saved = super::settings(&state, &mut tx, tenant, &principal.tenant_slug).await?;
     tx.commit().await?;
     Ok(axum::Json(shown(&state, &principal.tenant_slug, &saved)))
 }
@@ -211,6 +211,8 @@ async fn receive(
 ) -> Result<axum::Json<Received>> {
     let body = body.map_err(|_| Error::PayloadTooLarge)?;
     let slug = prefix.map_or(tenants::DEFAULT_SLUG.to_owned(), |Extension(p)| p.0);
+    // One read: the tenant registry has no row-level security, and the tenant's own settings
+    // are read once the transaction is scoped to it.
     let mut tx = state.db.pool().begin().await?;
     let tenant = tenants::find_by_slug(&mut tx, &slug)
         .await?
@@ -218,9 +220,11 @@ async fn receive(
             code: "tenant_not_found",
             detail: format!("no tenant {slug:?}"),
         })?;
-    tx.commit().await?;
-    let mut tx = state.db.read(&tenant.id).await?;
-    let settings = super::settings(&state, &mut tx, &tenant.id).await?;
+    state
+        .db
+        .set_local(&mut tx, crate::db::TENANT_SETTING, &tenant.id)
+        .await?;
+    let settings = super::settings(&state, &mut tx, &tenant.id, &tenant.slug).await?;
     tx.commit().await?;
     let header = headers
         .get("stripe-signature")

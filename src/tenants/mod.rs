@@ -163,15 +163,6 @@ pub async fn set_billing_customer(
     Ok(())
 }
 
-/// True when `tenant_id` is the default tenant (the one configuration settings apply to).
-pub async fn is_default(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<bool> {
-    let slug: Option<(String,)> = sqlx::query_as("SELECT slug FROM tenants WHERE id = $1")
-        .bind(tenant_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(slug.is_some_and(|(slug,)| slug == DEFAULT_SLUG))
-}
-
 /// The tenant's own phone region (ISO 3166 code), if it set one.
 pub async fn phone_region(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Option<String>> {
     let row: Option<(Option<String>,)> =
