@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::{run, switchyard};
+use common::receiver::{verify_with_reference_library, Receiver};
 use common::stripe::{deliver, event, send, signature, FakeStripe};
 use common::{assert_problem, create_tenant, Engine, TestServer};
 use reqwest::StatusCode;
@@ -180,6 +181,15 @@ async fn settings_keep_secrets_sealed_and_show_what_to_paste(engine: Engine) {
 async fn a_checkout_referral_pays_on_invoices_and_a_full_refund_reverses(engine: Engine) {
     let srv = TestServer::start(engine).await;
     configure(&srv, &srv.admin_key).await;
+    let mut zap = Receiver::start().await;
+    let (status, endpoint) = srv
+        .post(
+            "/v1/webhooks",
+            &srv.admin_key,
+            json!({"url": zap.url, "event_types": ["commission.accrued"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
     let (partner, click) = referred_click(&srv).await;
 
     // Checkout with the click id as client_reference_id: a signup, attributed.
@@ -205,6 +215,17 @@ async fn a_checkout_referral_pays_on_invoices_and_a_full_refund_reverses(engine:
     );
     assert_eq!(paid["partner_id"], partner);
     assert_eq!(paid["order_id"], "in_1");
+    // ...announced to the subscriber, signed, as any commission.accrued.
+    let delivery = zap.next().await;
+    let secret = endpoint["secret"].as_str().unwrap();
+    assert!(
+        verify_with_reference_library(secret, &delivery)
+            || std::env::var("SWITCHYARD_TEST_REFERENCE_VERIFIER").is_err()
+    );
+    let message: Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(message["type"], "commission.accrued");
+    assert_eq!(message["data"]["commission_id"], paid["id"]);
+    assert_eq!(message["data"]["event_id"], "evt_inv_1");
     let cycle = accepted(
         &srv,
         &invoice("evt_inv_2", "in_2", "subscription_cycle", 5000),
