@@ -226,6 +226,7 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
     ("PUT", "/v1/stripe", Needs::Admin, 200),
     // Public, authenticated by Stripe-Signature alone: without one, 400 for every caller.
     ("POST", "/v1/stripe/webhook", Needs::Nothing, 400),
+    ("GET", "/sdk.js", Needs::Nothing, 200),
     ("GET", "/v1/stripe/events", Needs::Admin, 200),
     // No Stripe event has this id: an allowed caller reaches the handler and gets 404.
     ("GET", "/v1/stripe/events/{id}", Needs::Admin, 404),

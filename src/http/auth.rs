@@ -91,11 +91,12 @@ impl From<Refusal> for Error {
 /// `/docs` and its `/openapi.json`): they are limited per client
 /// address whatever they are sent, and no key is looked up for them, so a health check does not
 /// wait on the database through an `Authorization` header.
-const PUBLIC: [&str; 5] = [
+const PUBLIC: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/sdk.js",
     "/v1/stripe/webhook",
 ];
 

@@ -34,6 +34,29 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_event))
         .routes(routes!(reprocess_event))
         .routes(routes!(report_usage))
+        .routes(routes!(sdk))
+}
+
+/// The merchant-site script, embedded in the binary.
+const SDK: &str = include_str!("assets/sdk.js");
+
+/// A dependency-free script for the merchant's site (public): it keeps the click id from the
+/// landing URL in a first-party cookie (`sy_click_id`, for `data-days`, default 30) and exposes
+/// it as `Switchyard.clickId()`, for Checkout's `client_reference_id`.
+#[utoipa::path(get, path = "/sdk.js", tag = "stripe", security(()),
+    responses((status = 200, description = "The script", content_type = "text/javascript",
+        body = String)))]
+async fn sdk() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SDK,
+    )
 }
 
 /// What the API shows of the Stripe settings: never a secret.
