@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(
@@ -254,6 +254,18 @@ pub enum Tenancy {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Only what is never secret: the database URLs may hold passwords, and several settings are
+/// keys (`SWITCHYARD_SECRETS_KEY`, the Stripe keys and signing secrets).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("tenancy", &self.tenancy)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {

@@ -22,7 +22,8 @@ CREATE TABLE stripe_events (
     type         TEXT NOT NULL,
     livemode     INTEGER NOT NULL,
     account      TEXT,
-    -- The id of `data.object` (`ch_...`, `in_...`): the events of one charge, found together.
+    -- The id of `data.object` (`ch_...`, `in_...`): the events of one charge, found together;
+    -- for an invoice payment, the payment intent that paid the invoice.
     object_id    TEXT,
     payload      TEXT NOT NULL,
     received_at  INTEGER NOT NULL,

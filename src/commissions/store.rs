@@ -95,6 +95,20 @@ pub async fn find(
         .await
 }
 
+/// Locks the commissions of this order until the transaction ends (a no-op UPDATE: PostgreSQL
+/// takes the rows' locks, SQLite's write transaction is the lock), so concurrent refunds of it
+/// apply one after the other.
+pub async fn lock_order(tx: &mut Tx, tenant_id: &str, order_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE commissions SET updated_at = updated_at WHERE tenant_id = $1 AND order_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(order_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The commissions earned by conversions of this order.
 pub async fn of_order(
     tx: &mut Tx,

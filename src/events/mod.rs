@@ -119,6 +119,17 @@ pub async fn await_named_clicks(state: &AppState, events: &[Value]) {
 
 /// Parses and validates `raw` (one event's JSON), then takes it.
 pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken> {
+    take_in_group(state, tenant_id, raw, None).await
+}
+
+/// [`take`], for a refund whose `amount` is the running total of `refund_group` (Stripe's
+/// `amount_refunded` of a charge) rather than an amount of its own.
+pub async fn take_in_group(
+    state: &AppState,
+    tenant_id: &str,
+    raw: Value,
+    refund_group: Option<&str>,
+) -> Result<Taken> {
     // The hash of the body as parsed (keys sorted), so whitespace and key order do not matter.
     let body_hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
     let event: NewEvent =
@@ -239,6 +250,7 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
             click_id: event.click_id.as_deref(),
             amount: event.amount,
             currency: currency.as_deref(),
+            refund_group,
             body_hash: &body_hash,
             created_at: state.clock.now_ms(),
         },
@@ -265,7 +277,9 @@ pub async fn take(state: &AppState, tenant_id: &str, raw: Value) -> Result<Taken
         refunded_paid_commission_ids: Vec::new(),
     };
     if event.event_type == "refund" {
-        // This refund is stored already, so the share counts it with the earlier ones.
+        // The order's commissions are locked first, so two refunds at once each count the
+        // other (PostgreSQL; SQLite has one writer). This refund is stored already.
+        commissions::store::lock_order(&mut tx, tenant_id, order_id).await?;
         let (sold, refunds) = store::order_amounts(&mut tx, tenant_id, order_id).await?;
         let share = commissions::RefundShare::of(sold, &refunds);
         let refunded =

@@ -14,6 +14,8 @@ pub struct NewConversion<'a> {
     pub click_id: Option<&'a str>,
     pub amount: Option<i64>,
     pub currency: Option<&'a str>,
+    /// For a refund given as a running total: what the total is of (see `order_amounts`).
+    pub refund_group: Option<&'a str>,
     pub body_hash: &'a str,
     pub created_at: i64,
 }
@@ -37,8 +39,9 @@ pub async fn find(
 pub async fn insert(tx: &mut Tx, c: &NewConversion<'_>) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO conversions (id, tenant_id, event_id, event_type, order_id, occurred_at,
-                                  customer_id, click_id, amount, currency, body_hash, result, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', $12)",
+                                  customer_id, click_id, amount, currency, body_hash, result, created_at,
+                                  refund_group)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', $12, $13)",
     )
     .bind(c.id)
     .bind(c.tenant_id)
@@ -52,6 +55,7 @@ pub async fn insert(tx: &mut Tx, c: &NewConversion<'_>) -> sqlx::Result<bool> {
     .bind(c.currency)
     .bind(c.body_hash)
     .bind(c.created_at)
+    .bind(c.refund_group)
     .execute(&mut **tx)
     .await;
     match inserted {
@@ -80,29 +84,35 @@ pub async fn set_result(tx: &mut Tx, tenant_id: &str, id: &str, result: &str) ->
     Ok(())
 }
 
-/// What `order_id` sold for (the amounts of its conversions other than refunds) and the
-/// amounts of its refunds so far (`None` for a refund without an amount).
+/// What `order_id` sold for (the amounts of its conversions other than refunds) and what its
+/// refunds came to so far, one entry per refund (`None` for one without an amount) except for
+/// refunds given as running totals, which count once per group, at the group's largest total.
 pub async fn order_amounts(
     tx: &mut Tx,
     tenant_id: &str,
     order_id: &str,
 ) -> sqlx::Result<(i64, Vec<Option<i64>>)> {
-    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT event_type, amount FROM conversions WHERE tenant_id = $1 AND order_id = $2",
+    let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, amount, refund_group FROM conversions
+         WHERE tenant_id = $1 AND order_id = $2",
     )
     .bind(tenant_id)
     .bind(order_id)
     .fetch_all(&mut **tx)
     .await?;
-    let sold = rows
-        .iter()
-        .filter(|(t, _)| t != "refund")
-        .map(|(_, amount)| amount.unwrap_or(0))
-        .sum();
-    let refunds = rows
-        .into_iter()
-        .filter(|(t, _)| t == "refund")
-        .map(|(_, amount)| amount)
-        .collect();
+    let mut sold = 0;
+    let mut refunds = Vec::new();
+    let mut groups: Vec<(String, Option<i64>)> = Vec::new();
+    for (event_type, amount, group) in rows {
+        match (event_type == "refund", group) {
+            (false, _) => sold += amount.unwrap_or(0),
+            (true, None) => refunds.push(amount),
+            (true, Some(group)) => match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, total)) => *total = (*total).max(amount),
+                None => groups.push((group, amount)),
+            },
+        }
+    }
+    refunds.extend(groups.into_iter().map(|(_, total)| total));
     Ok((sold, refunds))
 }

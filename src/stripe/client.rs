@@ -8,14 +8,13 @@
 //!   wins when present; otherwise connection errors, 409 and 5xx are retried, 429 only when the
 //!   header says so; `Retry-After` is honoured up to 60 s.
 //! - A request-rate limit per Stripe account (`SWITCHYARD_STRIPE_RATE_LIMIT`, default 25/s)
-//!   holds requests back before they reach Stripe's own limit.
+//!   makes requests wait their turn before they reach Stripe's own limit.
 //! - Every request goes through the outbound client and its SSRF guard. The API base
 //!   (`SWITCHYARD_STRIPE_API_BASE`, for a local fake in tests) is allowlisted only when set.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -31,7 +30,6 @@ pub struct StripeClient {
     outbound: Outbound,
     base: String,
     limits: DefaultKeyedRateLimiter<String>,
-    clock: DefaultClock,
 }
 
 /// Why a Stripe request did not succeed.
@@ -53,9 +51,6 @@ pub enum StripeError {
     /// idempotency key makes it the same request).
     #[error("Stripe could not be reached: {0}")]
     Transport(SendError),
-    /// This node's per-account rate limit holds the request back for this long.
-    #[error("held back by the Stripe rate limit for {0:?}")]
-    Throttled(Duration),
 }
 
 impl StripeError {
@@ -72,7 +67,6 @@ impl StripeError {
                 retry.then_some(*retry_after)
             }
             Self::Transport(_) => Some(None),
-            Self::Throttled(wait) => Some(Some(*wait)),
         }
     }
 }
@@ -90,6 +84,16 @@ impl StripeClient {
         if let Some(base) = base {
             let url = url::Url::parse(base)
                 .map_err(|e| anyhow::anyhow!("SWITCHYARD_STRIPE_API_BASE: {e}"))?;
+            let loopback = url.host_str().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            anyhow::ensure!(
+                url.scheme() == "https" || loopback,
+                "SWITCHYARD_STRIPE_API_BASE must be https (plain http only to a loopback stand-in)"
+            );
             let port = url.port_or_known_default().unwrap_or(443);
             let host = url
                 .host_str()
@@ -105,7 +109,6 @@ impl StripeClient {
             outbound: Outbound::new(Guard::new(allow), timeout),
             base: base.unwrap_or(API_BASE).trim_end_matches('/').to_owned(),
             limits: RateLimiter::keyed(Quota::per_second(per_account)),
-            clock: DefaultClock::default(),
         })
     }
 
@@ -119,12 +122,9 @@ impl StripeClient {
         idempotency_key: &str,
         account: Option<&str>,
     ) -> Result<Value, StripeError> {
+        // Waits its turn (a fraction of a second at the default rate) rather than failing.
         let bucket = account.map_or_else(|| key_account(secret_key), str::to_owned);
-        if let Err(not_until) = self.limits.check_key(&bucket) {
-            return Err(StripeError::Throttled(
-                not_until.wait_time_from(self.clock.now()),
-            ));
-        }
+        self.limits.until_key_ready(&bucket).await;
         let mut request = self
             .outbound
             .request(reqwest::Method::POST, &format!("{}{path}", self.base))
@@ -173,7 +173,8 @@ impl StripeClient {
 
 /// The rate-limit bucket of a platform key: its last characters (never the key itself).
 fn key_account(secret_key: &str) -> String {
-    format!("key:{}", &secret_key[secret_key.len().saturating_sub(8)..])
+    let tail: Vec<char> = secret_key.chars().rev().take(8).collect();
+    format!("key:{}", tail.into_iter().rev().collect::<String>())
 }
 
 /// Stripe's form encoding of a JSON object: nested objects as `a[b]=v`, arrays as `a[0]=v`,

@@ -24,6 +24,9 @@ pub const REPORT: &str = "billing.report_usage";
 /// Daily, five minutes past midnight UTC.
 const REPORT_EVERY: &str = "0 5 0 * * *";
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// A report on demand counts up to this long ago: attributions stamped just before now may not
+/// have committed yet, and would be passed over by the mark.
+pub const GRACE_MS: i64 = 5 * 60 * 1000;
 
 /// What one tenant's report did.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,6 +69,22 @@ async fn report(
     until: i64,
 ) -> anyhow::Result<(UsageReport, Option<StripeError>)> {
     let mut tx = state.db.write(&tenant.id).await?;
+    // The mark's row is locked before it is read (a no-op UPDATE: PostgreSQL's row lock, inside
+    // SQLite's write transaction), so two reports at once, the daily job on two nodes or a
+    // manual one, see each other's pending window and send the same event, never two windows.
+    let now = state.clock.now_ms();
+    sqlx::query(
+        "INSERT INTO usage_marks (tenant_id, reported_until, updated_at) VALUES ($1, 0, $2)
+         ON CONFLICT (tenant_id) DO NOTHING",
+    )
+    .bind(&tenant.id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE usage_marks SET updated_at = updated_at WHERE tenant_id = $1")
+        .bind(&tenant.id)
+        .execute(&mut *tx)
+        .await?;
     let mark: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
         "SELECT reported_until, pending_until, pending_value FROM usage_marks
          WHERE tenant_id = $1",
@@ -73,7 +92,6 @@ async fn report(
     .bind(&tenant.id)
     .fetch_optional(&mut *tx)
     .await?;
-    let now = state.clock.now_ms();
     let (window_until, value) = match mark {
         Some((_, Some(pending_until), Some(pending_value))) => (pending_until, pending_value),
         _ => {
@@ -132,7 +150,8 @@ async fn report(
         "event_name": state.config.stripe_meter_event,
         "payload": {"stripe_customer_id": tenant.billing_customer, "value": value.to_string()},
         "identifier": identifier,
-        "timestamp": window_until.div_euclid(1000),
+        // The last second inside the window, so a window ending at midnight is the day before's.
+        "timestamp": (window_until - 1).div_euclid(1000),
     });
     let sent = state
         .stripe
@@ -165,12 +184,24 @@ async fn report(
     Ok((report, None))
 }
 
-/// Starts a tenant's meter at `now` (when it gets a billing customer): revenue from before it
-/// was billed is not reported.
-pub async fn start_mark(tx: &mut crate::db::Tx, tenant_id: &str, now: i64) -> sqlx::Result<()> {
+/// Starts a tenant's meter at `now` when it gets a billing customer: revenue from before it
+/// was billed (or while its billing was off) is not reported. Refused while a window is pending
+/// for the customer it had: that window goes first.
+pub async fn start_mark(tx: &mut crate::db::Tx, tenant_id: &str, now: i64) -> anyhow::Result<()> {
+    let pending: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT pending_until FROM usage_marks WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    anyhow::ensure!(
+        !matches!(pending, Some((Some(_),))),
+        "a usage report of this tenant is pending (it failed); report it first \
+         (POST /v1/billing/report-usage)"
+    );
     sqlx::query(
         "INSERT INTO usage_marks (tenant_id, reported_until, updated_at) VALUES ($1, $2, $2)
-         ON CONFLICT (tenant_id) DO NOTHING",
+         ON CONFLICT (tenant_id) DO UPDATE SET reported_until = excluded.reported_until,
+             updated_at = excluded.updated_at",
     )
     .bind(tenant_id)
     .bind(now)

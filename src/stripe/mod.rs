@@ -106,6 +106,9 @@ impl Settings {
 
 /// The mode of a Stripe secret or restricted key, `None` when it is not one.
 pub fn key_mode(key: &str) -> Option<&'static str> {
+    if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
     let rest = key
         .strip_prefix("sk_")
         .or_else(|| key.strip_prefix("rk_"))?;
@@ -203,6 +206,37 @@ struct Envelope {
     data: Value,
 }
 
+/// Why an event is stored as `ignored` rather than processed, if it is: a mode other than the
+/// key's (test data must not earn live commissions), or a connected account's event other than
+/// `account.updated` (its payments are the connected account's, not this program's).
+fn ignored_because(
+    settings: &Settings,
+    livemode: bool,
+    account: Option<&str>,
+    event_type: &str,
+) -> Option<Value> {
+    let mode = if livemode { "live" } else { "test" };
+    if settings.key_mode().is_some_and(|key| key != mode) {
+        return Some(json!({"reason": "livemode_mismatch",
+            "detail": format!("a {mode}-mode event, and the configured key is not")}));
+    }
+    if account.is_some() && event_type != "account.updated" {
+        return Some(json!({"reason": "connected_account_event",
+            "detail": "a connected account's event; only account.updated is used"}));
+    }
+    None
+}
+
+/// What an event is found by: its object's id, except that an invoice payment is found by the
+/// payment intent that paid the invoice (refunds and disputes name only that).
+fn object_id(event_type: &str, object: &Value) -> Option<String> {
+    let id = match event_type {
+        t if t.starts_with("invoice_payment.") => text(&object["payment"], "payment_intent"),
+        _ => text(object, "id"),
+    };
+    id.map(str::to_owned)
+}
+
 /// Stores a verified event and enqueues its processing in one transaction. `body` is the raw
 /// JSON Stripe signed.
 pub async fn accept(
@@ -227,22 +261,24 @@ pub async fn accept(
         })?
         .to_owned();
     let now = state.clock.now_ms();
-    let mode = if envelope.livemode { "live" } else { "test" };
-    let mismatch = settings.key_mode().is_some_and(|key| key != mode);
+    let ignored = ignored_because(
+        settings,
+        envelope.livemode,
+        envelope.account.as_deref(),
+        &envelope.event_type,
+    );
+    let skip = ignored.is_some();
+    let event_type = envelope.event_type.clone();
     let event = StoredEvent {
         id: envelope.id,
-        event_type: envelope.event_type,
+        event_type: event_type.clone(),
         livemode: i64::from(envelope.livemode),
         account: envelope.account,
-        object_id: text(&envelope.data["object"], "id").map(str::to_owned),
+        object_id: object_id(&event_type, &envelope.data["object"]),
         payload,
         received_at: now,
-        state: if mismatch { "ignored" } else { "received" }.to_owned(),
-        outcome: mismatch.then(|| {
-            json!({"reason": "livemode_mismatch",
-                   "detail": format!("a {mode}-mode event, and the configured key is not")})
-            .to_string()
-        }),
+        state: if skip { "ignored" } else { "received" }.to_owned(),
+        outcome: ignored.map(|outcome| outcome.to_string()),
         updated_at: now,
     };
     let mut tx = state.db.write(tenant_id).await?;
@@ -250,7 +286,7 @@ pub async fn accept(
         return Ok(Accepted::Repeat);
     }
     let mut handoff = state.queue.handoff();
-    if !mismatch {
+    if !skip {
         let kind = kind_of(&event.event_type);
         enqueue(&mut handoff, &mut tx, kind, tenant_id, &event.id, &event.id).await?;
     }
@@ -280,12 +316,25 @@ async fn enqueue(
 pub async fn reprocess(
     state: &AppState,
     tenant_id: &str,
+    slug: &str,
     event_id: &str,
 ) -> Result<StoredEvent, Error> {
     let mut tx = state.db.write(tenant_id).await?;
     let mut event = store::find_event(&mut tx, tenant_id, event_id)
         .await?
         .ok_or_else(|| Error::not_found("Stripe event"))?;
+    let settings = settings(state, &mut tx, tenant_id, slug).await?;
+    if let Some(why) = ignored_because(
+        &settings,
+        event.livemode != 0,
+        event.account.as_deref(),
+        &event.event_type,
+    ) {
+        return Err(Error::Conflict {
+            code: "stripe_event_ignored",
+            detail: why["detail"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
     let now = state.clock.now_ms();
     event.state = "received".to_owned();
     event.outcome = None;
@@ -333,6 +382,15 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
                         };
                         match process(&state, &payload.tenant_id, &payload.event_id).await {
                             Ok(outcome) => outcome,
+                            Err(err) if job.attempt >= job.max_attempts => {
+                                // The job is spent: the event says so, instead of `received`.
+                                let error = format!("{err:#}");
+                                let outcome = json!({"reason": "processing_failed", "error": error});
+                                if let Err(err) = fail(&state, &payload, &outcome).await {
+                                    tracing::error!(error = %err, "a failed Stripe event could not be marked failed");
+                                }
+                                Outcome::Fail(format!("processing a Stripe event failed: {error}"))
+                            }
                             Err(err) => {
                                 Outcome::retry(format!("processing a Stripe event failed: {err:#}"))
                             }
@@ -341,6 +399,20 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
                 },
             )
         })
+}
+
+async fn fail(state: &AppState, payload: &ProcessPayload, outcome: &Value) -> sqlx::Result<()> {
+    let mut tx = state.db.write(&payload.tenant_id).await?;
+    store::set_outcome(
+        &mut tx,
+        &payload.tenant_id,
+        &payload.event_id,
+        "failed",
+        &outcome.to_string(),
+        state.clock.now_ms(),
+    )
+    .await?;
+    tx.commit().await
 }
 
 #[derive(Deserialize)]
@@ -394,13 +466,17 @@ async fn process(state: &AppState, tenant_id: &str, event_id: &str) -> anyhow::R
         occurred_at,
     };
     let step = match event.event_type.as_str() {
-        "checkout.session.completed" => source.checkout(object).await?,
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            source.checkout(object).await?
+        }
         "customer.subscription.created" => source.subscription_created(object).await?,
         "invoice.paid" => source.invoice_paid(object).await?,
         "charge.refunded" => source.charge_refunded(object).await?,
         "charge.dispute.closed" => source.dispute_closed(object).await?,
         "charge.dispute.created" => Step::Resolved(Resolution::recorded("dispute_opened")),
         "invoice.payment_failed" => Step::Resolved(Resolution::recorded("payment_failed")),
+        // Kept for refunds: which invoice a payment intent paid.
+        "invoice_payment.paid" => Step::Resolved(Resolution::recorded("invoice_payment")),
         "account.updated" => Step::Resolved(Resolution::recorded("account_updated")),
         _ => Step::Resolved(Resolution::new(
             "ignored",
@@ -452,7 +528,16 @@ impl Source<'_> {
     /// Feeds a conversion to `POST /v1/events`'s path; `fields` are the event's own (type,
     /// amount, order, click, identities). A click that does not exist leaves the conversion
     /// unattributed rather than failing it.
-    async fn convert(&self, mut fields: Value) -> anyhow::Result<Step> {
+    async fn convert(&self, fields: Value) -> anyhow::Result<Step> {
+        self.convert_in_group(fields, None).await
+    }
+
+    /// [`Self::convert`] for a refund given as the running total of `refund_group`.
+    async fn convert_in_group(
+        &self,
+        mut fields: Value,
+        refund_group: Option<&str>,
+    ) -> anyhow::Result<Step> {
         fields["event_id"] = json!(self.event.id);
         if let Some(at) = &self.occurred_at {
             fields["occurred_at"] = json!(at);
@@ -460,7 +545,9 @@ impl Source<'_> {
         fields["metadata"] = json!({"stripe_event_type": self.event.event_type});
         let mut notes = Vec::new();
         loop {
-            match events::take(self.state, self.tenant_id, fields.clone()).await {
+            let taken =
+                events::take_in_group(self.state, self.tenant_id, fields.clone(), refund_group);
+            match taken.await {
                 Ok(Taken::New(result) | Taken::Repeat(result)) => {
                     return Ok(Step::Resolved(converted(result, notes)))
                 }
@@ -523,6 +610,11 @@ impl Source<'_> {
     }
 
     async fn checkout(&self, session: &Value) -> anyhow::Result<Step> {
+        // A delayed payment method (SEPA, ACH) completes the session unpaid: the money, and the
+        // conversion, come with `checkout.session.async_payment_succeeded`.
+        if session["payment_status"].as_str() == Some("unpaid") {
+            return Ok(Step::Resolved(Resolution::recorded("awaiting_payment")));
+        }
         let click = text(session, "client_reference_id").or_else(|| metadata_click(session));
         let customer = text(session, "customer");
         let mut notes = Vec::new();
@@ -614,61 +706,46 @@ impl Source<'_> {
         Ok(with_notes(step, &notes))
     }
 
-    /// Stripe's `amount_refunded` is the charge's total so far: the refund this event adds is
-    /// what it exceeds the largest total an earlier event of the charge brought (events may
-    /// arrive out of order; one that adds nothing is recorded).
+    /// Stripe's `amount_refunded` is the charge's running total: it is given as such (grouped by
+    /// the charge), so the order's refunded amount counts the largest total the charge's events
+    /// brought, whatever order they arrive in and however often.
     async fn charge_refunded(&self, charge: &Value) -> anyhow::Result<Step> {
         let total = charge["amount_refunded"].as_i64().unwrap_or(0);
-        let earlier = match text(charge, "id") {
-            Some(id) => {
-                let mut tx = self.state.db.read(self.tenant_id).await?;
-                let outcomes = store::outcomes_about(
-                    &mut tx,
-                    self.tenant_id,
-                    id,
-                    &self.event.event_type,
-                    &self.event.id,
-                )
-                .await?;
-                tx.commit().await?;
-                outcomes
-                    .iter()
-                    .filter_map(|o| serde_json::from_str::<Value>(o).ok())
-                    .filter_map(|o| o["amount_refunded"].as_i64())
-                    .max()
-                    .unwrap_or(0)
-            }
-            None => 0,
-        };
-        if total <= earlier {
-            return Ok(Step::Resolved(Resolution::new(
-                "recorded",
-                json!({"reason": "refund_already_counted", "amount_refunded": total}),
-            )));
-        }
-        let step = self.refund(charge, total - earlier).await?;
-        Ok(match step {
-            Step::Resolved(mut resolution) => {
-                resolution.outcome["amount_refunded"] = json!(total);
-                Step::Resolved(resolution)
-            }
-            wait => wait,
-        })
+        self.refund(charge, total, text(charge, "id")).await
     }
 
     async fn dispute_closed(&self, dispute: &Value) -> anyhow::Result<Step> {
         if dispute["status"].as_str() != Some("lost") {
             return Ok(Step::Resolved(Resolution::recorded("dispute_not_lost")));
         }
-        self.refund(dispute, dispute["amount"].as_i64().unwrap_or(0))
-            .await
+        let amount = dispute["amount"].as_i64().unwrap_or(0);
+        self.refund(dispute, amount, text(dispute, "id")).await
     }
 
-    /// A `refund` of the order a charge (or dispute) paid: its invoice, else its payment intent.
-    async fn refund(&self, object: &Value, amount: i64) -> anyhow::Result<Step> {
+    /// A `refund` of the order a charge (or dispute) paid: its invoice, else the invoice its
+    /// payment intent paid (from `invoice_payment.paid`: since API version 2025-03-31 charges
+    /// no longer name their invoice, and disputes never did), else the payment intent.
+    async fn refund(
+        &self,
+        object: &Value,
+        amount: i64,
+        group: Option<&str>,
+    ) -> anyhow::Result<Step> {
+        let intent = text(object, "payment_intent");
+        let paid_invoice = match intent {
+            Some(intent) => {
+                let mut tx = self.state.db.read(self.tenant_id).await?;
+                let found = store::invoice_paid_by(&mut tx, self.tenant_id, intent).await?;
+                tx.commit().await?;
+                found
+            }
+            None => None,
+        };
         let Some(order) = text(object, "invoice")
-            .or_else(|| text(object, "payment_intent"))
-            .or_else(|| text(object, "charge"))
+            .map(str::to_owned)
+            .or(paid_invoice)
+            .or_else(|| intent.map(str::to_owned))
+            .or_else(|| text(object, "charge").map(str::to_owned))
         else {
             return Ok(Step::Resolved(Resolution::recorded("no_order")));
         };
@@ -678,12 +755,15 @@ impl Source<'_> {
             "currency": object["currency"],
             "order_id": order,
         });
-        self.convert(without_nulls(fields)).await
+        self.convert_in_group(without_nulls(fields), group).await
     }
 }
 
 fn converted(result: EventResult, notes: Vec<&str>) -> Resolution {
-    let state = if result.event_type == "refund" || result.attribution.is_some() {
+    let touched = !(result.reversed_commission_ids.is_empty()
+        && result.adjusted_commission_ids.is_empty()
+        && result.refunded_paid_commission_ids.is_empty());
+    let state = if result.attribution.is_some() || touched {
         "processed"
     } else {
         "unattributed"

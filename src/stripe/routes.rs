@@ -217,10 +217,8 @@ pub struct Received {
     responses(
         (status = 200, body = Received),
         (status = 400, body = Problem, content_type = "application/problem+json",
-            description = "`invalid_signature` (missing, wrong or stale signature) or \
-                `invalid_event` (signed, but not a Stripe event)"),
-        (status = 404, body = Problem, content_type = "application/problem+json",
-            description = "`tenant_not_found`: no tenant of this slug"),
+            description = "`invalid_signature` (missing, wrong or stale signature, or no tenant \
+                of this slug) or `invalid_event` (signed, but not a Stripe event)"),
         (status = 413, body = Problem, content_type = "application/problem+json",
             description = "`payload_too_large`"),
         (status = 429, body = Problem, content_type = "application/problem+json",
@@ -236,13 +234,17 @@ async fn receive(
     let slug = prefix.map_or(tenants::DEFAULT_SLUG.to_owned(), |Extension(p)| p.0);
     // One read: the tenant registry has no row-level security, and the tenant's own settings
     // are read once the transaction is scoped to it.
+    // An unknown slug is refused like a bad signature: the answer tells no one which tenants
+    // exist.
+    let refused = || Error::BadRequest {
+        code: "invalid_signature",
+        detail: "the Stripe-Signature header does not verify".to_owned(),
+    };
     let mut tx = state.db.pool().begin().await?;
-    let tenant = tenants::find_by_slug(&mut tx, &slug)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            code: "tenant_not_found",
-            detail: format!("no tenant {slug:?}"),
-        })?;
+    let Some(tenant) = tenants::find_by_slug(&mut tx, &slug).await? else {
+        tracing::warn!(%slug, "refused a Stripe webhook for no such tenant");
+        return Err(refused());
+    };
     state
         .db
         .set_local(&mut tx, crate::db::TENANT_SETTING, &tenant.id)
@@ -253,12 +255,9 @@ async fn receive(
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
     let now_secs = state.clock.now_ms().div_euclid(1000);
-    if let Err(refused) = signature::verify(header, &body, &settings.signing_secrets(), now_secs) {
-        tracing::warn!(tenant = %tenant.slug, reason = %refused, "refused a Stripe webhook");
-        return Err(Error::BadRequest {
-            code: "invalid_signature",
-            detail: "the Stripe-Signature header does not verify".to_owned(),
-        });
+    if let Err(reason) = signature::verify(header, &body, &settings.signing_secrets(), now_secs) {
+        tracing::warn!(tenant = %tenant.slug, %reason, "refused a Stripe webhook");
+        return Err(refused());
     }
     let (id, duplicate) = match super::accept(&state, &tenant.id, &settings, &body).await? {
         Accepted::New(event) => (event.id, false),
@@ -409,6 +408,9 @@ async fn get_event(
 #[utoipa::path(post, path = "/v1/stripe/events/{id}/reprocess", tag = "stripe",
     params(("id" = String, Path, description = "The Stripe event id, `evt_...`")),
     responses((status = 202, body = StripeEvent, description = "Queued for processing"),
+        (status = 409, body = Problem, content_type = "application/problem+json",
+            description = "`stripe_event_ignored`: of another mode than the key's, or a \
+                connected account's event other than `account.updated`"),
         AuthProblems, NotFoundProblem))]
 async fn reprocess_event(
     State(state): State<AppState>,
@@ -416,7 +418,7 @@ async fn reprocess_event(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<StripeEvent>)> {
     principal.require_admin()?;
-    let event = super::reprocess(&state, &principal.tenant_id, &id).await?;
+    let event = super::reprocess(&state, &principal.tenant_id, &principal.tenant_slug, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(StripeEvent::from(&event))))
 }
 
@@ -427,7 +429,8 @@ pub struct UsageReports {
 
 /// Report every billed tenant's attributed revenue to the operator's Stripe meter now
 /// (operator: an admin key of the default tenant). Runs daily by itself; each tenant's window
-/// ends now, and a window that failed is sent again, unchanged, by the next run.
+/// ends five minutes ago (conversions still committing are left to the next window), and a
+/// window that failed is sent again, unchanged, by the next run.
 #[utoipa::path(post, path = "/v1/billing/report-usage", tag = "stripe",
     responses(
         (status = 200, body = UsageReports),
@@ -446,7 +449,8 @@ async fn report_usage(
             detail: "set SWITCHYARD_PLATFORM_STRIPE_KEY to report usage to Stripe".to_owned(),
         });
     }
-    let reports = super::meters::report_all(&state, state.clock.now_ms()).await?;
+    let until = state.clock.now_ms() - super::meters::GRACE_MS;
+    let reports = super::meters::report_all(&state, until).await?;
     Ok(axum::Json(UsageReports {
         reports: reports.into_iter().map(|(report, _)| report).collect(),
     }))

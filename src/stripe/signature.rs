@@ -58,7 +58,7 @@ pub fn verify(
     if signatures.is_empty() {
         return Err(Refused::Malformed);
     }
-    if (now_secs - timestamp).abs() > TOLERANCE_SECS {
+    if now_secs.abs_diff(timestamp) > TOLERANCE_SECS.unsigned_abs() {
         return Err(Refused::Stale);
     }
     let matched = secrets.iter().any(|secret| {

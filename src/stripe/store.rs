@@ -152,24 +152,24 @@ pub async fn list_events(
     .await
 }
 
-/// The outcomes of the other processed events of `event_type` about the object `object_id`.
-pub async fn outcomes_about(
+/// The invoice that `payment_intent` paid, from a stored `invoice_payment.paid`.
+pub async fn invoice_paid_by(
     tx: &mut Tx,
     tenant_id: &str,
-    object_id: &str,
-    event_type: &str,
-    except: &str,
-) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(Option<String>,)> = sqlx::query_as(
-        "SELECT outcome FROM stripe_events
-         WHERE tenant_id = $1 AND object_id = $2 AND type = $3 AND id <> $4
-           AND state = 'processed'",
+    payment_intent: &str,
+) -> sqlx::Result<Option<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT payload FROM stripe_events
+         WHERE tenant_id = $1 AND object_id = $2 AND type = 'invoice_payment.paid'",
     )
     .bind(tenant_id)
-    .bind(object_id)
-    .bind(event_type)
-    .bind(except)
+    .bind(payment_intent)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().filter_map(|(o,)| o).collect())
+    Ok(rows.into_iter().find_map(|(payload,)| {
+        let payload: serde_json::Value = serde_json::from_str(&payload).ok()?;
+        payload["data"]["object"]["invoice"]
+            .as_str()
+            .map(str::to_owned)
+    }))
 }

@@ -10,8 +10,9 @@
   var id = /^clk_[0-9A-HJKMNP-TV-Z]{26}$/;
   var got = null;
   w.location.search.replace(/^\?/, '').split('&').forEach(function (kv) {
-    var p = kv.split('=');
-    if (decodeURIComponent(p[0]) === attr('data-param', 'click_id') && id.test(p[1] || '')) got = p[1];
+    var p = kv.split('='), name;
+    try { name = decodeURIComponent(p[0]); } catch (e) { return; }
+    if (name === attr('data-param', 'click_id') && id.test(p[1] || '')) got = p[1];
   });
   if (got) {
     d.cookie = 'sy_click_id=' + got + '; max-age=' + Math.round(days * 86400) +
