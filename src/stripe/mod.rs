@@ -48,19 +48,6 @@ pub use store::StoredEvent;
 
 /// The job that turns a stored event into what it means.
 pub const PROCESS: &str = "stripe.process";
-/// The same for the events that refund (`charge.refunded`, `charge.dispute.closed`), one at a
-/// time per node: a refund's amount is what the charge's total grew by since the events of it
-/// processed before, which two at once could both miss. (Several nodes can still race on two
-/// refunds of one charge in the same instant.)
-pub const PROCESS_REFUND: &str = "stripe.process_refund";
-
-/// The job kind that processes events of `event_type`.
-fn kind_of(event_type: &str) -> &'static str {
-    match event_type {
-        "charge.refunded" | "charge.dispute.closed" => PROCESS_REFUND,
-        _ => PROCESS,
-    }
-}
 /// How long an `invoice.paid` waits for its customer to become known.
 const WAIT_FOR_CUSTOMER_MS: i64 = 3600 * 1000;
 /// Most signing secrets of one kind a tenant may configure (Stripe rolls keep two at once).
@@ -287,8 +274,7 @@ pub async fn accept(
     }
     let mut handoff = state.queue.handoff();
     if !skip {
-        let kind = kind_of(&event.event_type);
-        enqueue(&mut handoff, &mut tx, kind, tenant_id, &event.id, &event.id).await?;
+        enqueue(&mut handoff, &mut tx, tenant_id, &event.id, &event.id).await?;
     }
     tx.commit().await?;
     handoff.start();
@@ -298,12 +284,14 @@ pub async fn accept(
 async fn enqueue(
     handoff: &mut job_queue::Handoff,
     tx: &mut Tx,
-    kind: &str,
     tenant_id: &str,
     event_id: &str,
     dedupe: &str,
 ) -> Result<(), Error> {
-    let mut job = NewJob::new(kind, json!({"tenant_id": tenant_id, "event_id": event_id}));
+    let mut job = NewJob::new(
+        PROCESS,
+        json!({"tenant_id": tenant_id, "event_id": event_id}),
+    );
     job.dedupe_key = Some(format!("stripe:{tenant_id}:{dedupe}"));
     handoff
         .enqueue_in(tx, job)
@@ -350,8 +338,7 @@ pub async fn reprocess(
     .await?;
     let mut handoff = state.queue.handoff();
     let dedupe = format!("{event_id}:{}", ids::new("rep"));
-    let kind = kind_of(&event.event_type);
-    enqueue(&mut handoff, &mut tx, kind, tenant_id, event_id, &dedupe).await?;
+    enqueue(&mut handoff, &mut tx, tenant_id, event_id, &dedupe).await?;
     tx.commit().await?;
     handoff.start();
     Ok(event)
@@ -359,46 +346,40 @@ pub async fn reprocess(
 
 pub use store::{find_event, list_events};
 
-/// Registers the processing jobs on `worker`.
+/// Registers the processing job on `worker`. Events process eight at a time: refunds of one
+/// order meet under its commissions' lock, and count a charge's running total once, so their
+/// order does not matter.
 pub fn register(worker: Worker, state: AppState) -> Worker {
     let lease = Duration::from_secs(state.config.job_lease_secs);
-    [(PROCESS, 8), (PROCESS_REFUND, 1)]
-        .into_iter()
-        .fold(worker, |worker, (kind, concurrency)| {
+    worker.register(
+        PROCESS,
+        KindOptions {
+            concurrency: 8,
+            schedule: RetrySchedule::default(),
+            lease,
+        },
+        move |job: Job| {
             let state = state.clone();
-            worker.register(
-                kind,
-                KindOptions {
-                    concurrency,
-                    schedule: RetrySchedule::default(),
-                    lease,
-                },
-                move |job: Job| {
-                    let state = state.clone();
-                    async move {
-                        let Ok(payload) = serde_json::from_value::<ProcessPayload>(job.payload)
-                        else {
-                            return Outcome::Fail("malformed Stripe event job payload".to_owned());
-                        };
-                        match process(&state, &payload.tenant_id, &payload.event_id).await {
-                            Ok(outcome) => outcome,
-                            Err(err) if job.attempt >= job.max_attempts => {
-                                // The job is spent: the event says so, instead of `received`.
-                                let error = format!("{err:#}");
-                                let outcome = json!({"reason": "processing_failed", "error": error});
-                                if let Err(err) = fail(&state, &payload, &outcome).await {
-                                    tracing::error!(error = %err, "a failed Stripe event could not be marked failed");
-                                }
-                                Outcome::Fail(format!("processing a Stripe event failed: {error}"))
-                            }
-                            Err(err) => {
-                                Outcome::retry(format!("processing a Stripe event failed: {err:#}"))
-                            }
+            async move {
+                let Ok(payload) = serde_json::from_value::<ProcessPayload>(job.payload) else {
+                    return Outcome::Fail("malformed Stripe event job payload".to_owned());
+                };
+                match process(&state, &payload.tenant_id, &payload.event_id).await {
+                    Ok(outcome) => outcome,
+                    Err(err) if job.attempt >= job.max_attempts => {
+                        // The job is spent: the event says so, instead of `received`.
+                        let error = format!("{err:#}");
+                        let outcome = json!({"reason": "processing_failed", "error": error});
+                        if let Err(err) = fail(&state, &payload, &outcome).await {
+                            tracing::error!(error = %err, "a failed Stripe event could not be marked failed");
                         }
+                        Outcome::Fail(format!("processing a Stripe event failed: {error}"))
                     }
-                },
-            )
-        })
+                    Err(err) => Outcome::retry(format!("processing a Stripe event failed: {err:#}")),
+                }
+            }
+        },
+    )
 }
 
 async fn fail(state: &AppState, payload: &ProcessPayload, outcome: &Value) -> sqlx::Result<()> {
