@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::program::{admin, percentile, receiver, setup, start};
+use common::program::{admin, engines, percentile, receiver, setup, start};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -21,18 +21,7 @@ const CONCURRENCY: usize = 16;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![(
-        "SQLite",
-        format!("sqlite:{}", dir.path().join("bench.db").display()),
-        None,
-    )];
-    if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
-        let name = format!("sy_bench_events_{}", std::process::id());
-        admin(&server, &format!("CREATE DATABASE {name}")).await;
-        let mut url = url::Url::parse(&server).unwrap();
-        url.set_path(&name);
-        engines.push(("PostgreSQL", url.to_string(), Some((server, name))));
-    }
+    let engines = engines("events", dir.path()).await;
     for (name, url, cleanup) in engines {
         let running = start(&url, &[]).await;
         let (port, mut arrivals) = receiver().await;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::program::{admin, percentile, receiver, setup, start};
+use common::program::{admin, engines, percentile, receiver, setup, start};
 use job_queue::NewJob;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -25,18 +25,7 @@ const SECRET: &str = "whsec_bench_secret";
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engines = vec![(
-        "SQLite",
-        format!("sqlite:{}", dir.path().join("bench.db").display()),
-        None,
-    )];
-    if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
-        let name = format!("sy_bench_stripe_{}", std::process::id());
-        admin(&server, &format!("CREATE DATABASE {name}")).await;
-        let mut url = url::Url::parse(&server).unwrap();
-        url.set_path(&name);
-        engines.push(("PostgreSQL", url.to_string(), Some((server, name))));
-    }
+    let engines = engines("stripe", dir.path()).await;
     for (name, url, cleanup) in engines {
         let running = start(&url, &["--stripe-webhook-secrets", SECRET]).await;
         let (port, mut arrivals) = receiver().await;

@@ -41,12 +41,12 @@ async fn configure(srv: &TestServer, key: &str) -> Value {
     shown
 }
 
-/// A partner's click on a recurring 10% campaign; returns (partner id, click id).
-async fn referred_click(srv: &TestServer) -> (String, String) {
-    let campaign = srv
-        .campaign(json!({"commission": {"type": "percent", "bps": 1000}, "recurring": true}))
-        .await;
-    let partner = srv.partner("ref@example.com").await;
+/// A click on a link of a new partner (`email`) to a new campaign with `campaign` fields;
+/// returns (partner id, click id). The clock then moves on a minute: Stripe dates events to the
+/// second, and the buyer pays a while after clicking.
+async fn clicked(srv: &TestServer, campaign: Value, email: &str) -> (String, String) {
+    let campaign = srv.campaign(campaign).await;
+    let partner = srv.partner(email).await;
     let (status, link) = srv
         .post(
             &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
@@ -65,9 +65,14 @@ async fn referred_click(srv: &TestServer) -> (String, String) {
         .unwrap()
         .1
         .into_owned();
-    // Stripe dates events to the second; the buyer pays a while after clicking.
     srv.clock.advance(Duration::from_secs(60));
     (partner["id"].as_str().unwrap().to_owned(), click)
+}
+
+/// A partner's click on a recurring 10% campaign; returns (partner id, click id).
+async fn referred_click(srv: &TestServer) -> (String, String) {
+    let campaign = json!({"commission": {"type": "percent", "bps": 1000}, "recurring": true});
+    clicked(srv, campaign, "ref@example.com").await
 }
 
 /// Waits until the stored event has left `received`; returns it.
@@ -628,25 +633,7 @@ async fn partial_refunds_take_their_share_and_a_lost_dispute_the_rest(engine: En
 
 /// A purchase of `amount` in `currency` through a new partner's click; waits for nothing else.
 async fn attributed_purchase(srv: &TestServer, n: u32, amount: i64, currency: &str) {
-    let campaign = srv.campaign(json!({})).await;
-    let partner = srv.partner(&format!("meter{n}@example.com")).await;
-    let (_, link) = srv
-        .post(
-            &format!("/v1/partners/{}/links", partner["id"].as_str().unwrap()),
-            &srv.admin_key,
-            json!({"campaign_id": campaign["id"]}),
-        )
-        .await;
-    let (_, location) = srv
-        .click(&format!("/r/{}", link["key"].as_str().unwrap()), &[])
-        .await;
-    let click = url::Url::parse(&location.unwrap())
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "click_id")
-        .unwrap()
-        .1
-        .into_owned();
+    let (_, click) = clicked(srv, json!({}), &format!("meter{n}@example.com")).await;
     let (status, converted) = srv
         .post(
             "/v1/events",

@@ -10,6 +10,28 @@ use switchyard::app::{self, Running};
 use switchyard::clock::Clock;
 use tokio::sync::mpsc;
 
+/// The engines to run on: SQLite in `dir`, and PostgreSQL in a database made for this run when
+/// `SWITCHYARD_BENCH_DATABASE_URL` names a server. Each with its URL and, for PostgreSQL, the
+/// (server, database) to drop afterwards.
+pub async fn engines(
+    bench: &str,
+    dir: &std::path::Path,
+) -> Vec<(&'static str, String, Option<(String, String)>)> {
+    let mut engines = vec![(
+        "SQLite",
+        format!("sqlite:{}", dir.join("bench.db").display()),
+        None,
+    )];
+    if let Ok(server) = std::env::var("SWITCHYARD_BENCH_DATABASE_URL") {
+        let name = format!("sy_bench_{bench}_{}", std::process::id());
+        admin(&server, &format!("CREATE DATABASE {name}")).await;
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&name);
+        engines.push(("PostgreSQL", url.to_string(), Some((server, name))));
+    }
+    engines
+}
+
 pub fn percentile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort_unstable();
     let rank = ((q * samples.len() as f64).ceil() as usize).max(1);
