@@ -206,6 +206,7 @@ fn help_and_readme_document_the_same_settings() {
 async fn the_sqlite_files_and_the_generated_key_file_are_private() {
     use std::os::unix::fs::PermissionsExt;
 
+    common::clear_environment();
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("hub.db");
     let args = [

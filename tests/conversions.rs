@@ -24,6 +24,8 @@ on_both_engines!(
     a_click_made_before_a_revoke_still_counts_when_its_write_was_held_up,
     money_is_bounded_and_a_huge_amount_never_wraps,
     a_partial_refund_takes_back_the_refunded_share,
+    a_refund_reverses_an_approved_commission,
+    a_batch_takes_at_most_500_events,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -688,5 +690,71 @@ async fn a_partial_refund_takes_back_the_refunded_share(engine: Engine) {
         types.iter().filter(|t| *t == "commission.reversed").count(),
         1
     );
+    srv.stop().await;
+}
+
+async fn a_refund_reverses_an_approved_commission(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, _, key) = program(&srv, "p@example.com", json!({"holdback_days": 1})).await;
+    let click_id = click(&srv, &key).await;
+    let (_, bought) = event(
+        &srv,
+        json!({"event_id": "buy", "type": "purchase", "click_id": click_id,
+               "amount": 1000, "currency": "EUR", "order_id": "o-9"}),
+    )
+    .await;
+    let id = bought["commission_id"].as_str().unwrap().to_owned();
+    srv.clock.advance(DAY + Duration::from_secs(1));
+    let state = &srv.running.as_ref().unwrap().state;
+    switchyard::commissions::approve_matured(state)
+        .await
+        .unwrap();
+    assert_eq!(commission(&srv, &id).await["status"], "approved");
+
+    let (status, refunded) = event(
+        &srv,
+        json!({"event_id": "refund", "type": "refund", "order_id": "o-9"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{refunded}");
+    assert_eq!(refunded["reversed_commission_ids"], json!([id]));
+    let reversed = commission(&srv, &id).await;
+    assert_eq!(reversed["status"], "reversed");
+    assert!(reversed["reversed_at"].is_string());
+    srv.stop().await;
+}
+
+async fn a_batch_takes_at_most_500_events(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let events = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"event_id": format!("b{n}-{i}"), "type": "signup"}))
+            .collect()
+    };
+    let (status, full) = srv
+        .post(
+            "/v1/events/batch",
+            &srv.admin_key,
+            json!({"events": events(500)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{full}");
+    assert_eq!(full["results"].as_array().unwrap().len(), 500);
+    let over = srv
+        .post(
+            "/v1/events/batch",
+            &srv.admin_key,
+            json!({"events": events(501)}),
+        )
+        .await;
+    let problem = assert_problem(&over, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(problem["errors"][0]["field"], "events");
+    let db = srv.inspect().await;
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM conversions")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(stored, 500, "the refused batch stored nothing");
     srv.stop().await;
 }

@@ -70,7 +70,25 @@ pub fn server_url() -> String {
         .expect("PostgreSQL tests need SWITCHYARD_TEST_DATABASE_URL")
 }
 
+/// The settings of the shell must not reach the in-process servers: a test says what it runs
+/// with. (Their configuration is parsed from options *and* the environment.)
+pub fn clear_environment() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            let setting = (name.starts_with("SWITCHYARD_") && !name.starts_with("SWITCHYARD_TEST"))
+                || name.starts_with("DATABASE_URL")
+                || name.starts_with("STRIPE_");
+            if setting {
+                std::env::remove_var(name);
+            }
+        }
+    });
+}
+
 fn init_tracing() {
+    clear_environment();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
