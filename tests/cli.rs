@@ -110,6 +110,7 @@ async fn keys_commands_mint_list_and_revoke(engine: Engine) {
     assert!(!bad_scope.status.success());
     assert!(String::from_utf8_lossy(&bad_scope.stderr).contains("unknown scope"));
     let no_tenant = run(switchyard(&srv.db).args(["keys", "list", "--tenant", "nope"]));
+    assert!(!no_tenant.status.success(), "an unknown tenant is an error");
     assert!(String::from_utf8_lossy(&no_tenant.stderr).contains("no tenant"));
     srv.stop().await;
 }

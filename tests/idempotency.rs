@@ -17,6 +17,7 @@ on_both_engines!(
     an_answer_is_replayed_only_to_the_key_that_made_it,
     a_refusal_kept_for_one_key_is_not_replayed_to_another,
     kept_answers_hold_no_secret_in_clear,
+    a_second_request_while_the_first_runs_is_refused,
 );
 
 /// POSTs `body` with `Idempotency-Key: key`; (status, replayed header, JSON body).
@@ -385,4 +386,53 @@ async fn kept_answers_hold_no_secret_in_clear(engine: Engine) {
     )
     .await;
     assert_eq!(replay.2["key"], key);
+}
+
+/// Two real requests with one key: the second, sent while the first is inside its handler, is
+/// 409 `idempotency_key_in_use`. The first is a webhook test fire to an endpoint that accepts the
+/// connection and holds it, so the test knows when the first request is running.
+async fn a_second_request_while_the_first_runs_is_refused(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (status, endpoint) = srv
+        .post("/v1/webhooks", &srv.admin_key, json!({"url": hook}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+    let path = format!("/v1/webhooks/{}/test", endpoint["id"].as_str().unwrap());
+
+    let first = {
+        let (url, key) = (srv.url(&path), srv.admin_key.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .header("Idempotency-Key", "fire-1")
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // The first request is running once its delivery has connected.
+    let (held, _) = listener.accept().await.unwrap();
+    let second = post_with_key(&srv, &srv.admin_key, &path, "fire-1", &json!({})).await;
+    assert_problem(
+        &(second.0, second.2),
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+    );
+    drop(held);
+    assert_eq!(
+        first.await.unwrap(),
+        StatusCode::OK,
+        "the first one answers"
+    );
+    // Once it has, the same request gets its answer again.
+    let again = post_with_key(&srv, &srv.admin_key, &path, "fire-1", &json!({})).await;
+    assert_eq!(
+        (again.0, again.1.as_deref()),
+        (StatusCode::OK, Some("true"))
+    );
 }
