@@ -4,10 +4,11 @@
 //! has the attributed revenue since its high-water mark summed and sent to the operator's Stripe
 //! account as one meter event (`POST /v1/billing/meter_events`): `event_name`,
 //! `payload[stripe_customer_id]`, `payload[value]` (minor units of the meter's one currency, as a
-//! string), an `identifier` fixed by tenant and window, and the window's end as `timestamp`. The
-//! mark advances only once Stripe accepted the event; the window is kept as pending before the
-//! call, so a retry (after a failure or a crash) sends the same event, which Stripe deduplicates
-//! by its identifier: nothing is reported twice. A window with nothing to report advances the
+//! string), an `identifier` fixed by tenant and window, and the window's last second as
+//! `timestamp`. The mark advances only once Stripe accepted the event; the window is kept as
+//! pending before the call, and reports at once wait for each other on the tenant's mark, so a
+//! retry (after a failure, a crash, or from another node) sends the same event, which Stripe
+//! deduplicates by its identifier for about a day. A window with nothing to report advances the
 //! mark without a call.
 
 use job_queue::{Job, KindOptions, NewJob, Outcome, Periodic, Worker};

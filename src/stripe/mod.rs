@@ -8,7 +8,8 @@
 //! Stripe retry is a repeat and nothing more, and attribution, commissions and announcements
 //! behave exactly as for any other conversion:
 //!
-//! - `checkout.session.completed`: the click id in `client_reference_id` (or
+//! - `checkout.session.completed` (and `checkout.session.async_payment_succeeded`, for delayed
+//!   methods that complete `unpaid`): the click id in `client_reference_id` (or
 //!   `metadata.switchyard_click_id`) ties the session's Stripe customer to that click's
 //!   customer; `mode=payment` is a `purchase` of `amount_total` (order: the payment intent),
 //!   `mode=subscription` a `signup` (its money comes with the invoices).
@@ -17,12 +18,14 @@
 //!   `renewal` (`billing_reason: subscription_cycle`) of `amount_paid`; order: the invoice. Stripe
 //!   does not order its deliveries, so while the customer is unknown the job waits (up to an
 //!   hour after the event arrived) for the checkout that names it.
-//! - `charge.refunded`: a `refund` of the charge's invoice or payment intent, of what the charge's
-//!   `amount_refunded` grew by; a partial refund takes the refunded share of the commissions
-//!   back, a full one reverses them. `charge.dispute.closed` lost: a refund of the disputed
-//!   amount. An opened dispute is recorded and reverses nothing (disputes can be won).
-//! - `invoice.payment_failed` and `account.updated` are recorded; other types are ignored, as
-//!   is an event whose `livemode` differs from the configured key's mode.
+//! - `charge.refunded`: a `refund` of the charge's order (its invoice, else the invoice its
+//!   payment intent paid, from `invoice_payment.paid`, else the payment intent) given as the
+//!   charge's running `amount_refunded`; a partial refund takes the refunded share of the
+//!   commissions back, a full one reverses them. `charge.dispute.closed` lost: a refund of the
+//!   disputed amount. An opened dispute is recorded and reverses nothing (disputes can be won).
+//! - `invoice.payment_failed`, `invoice_payment.paid` and `account.updated` are recorded; other
+//!   types are ignored, as are events whose `livemode` differs from the configured key's mode
+//!   and connected accounts' events other than `account.updated` (ADR 11).
 
 pub mod client;
 pub mod meters;
