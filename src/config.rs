@@ -235,6 +235,17 @@ pub struct Config {
     )]
     pub stripe_meter_currency: String,
 
+    /// When payouts run (UTC): a weekday and time (`mon 09:00`), `daily 09:00`, or `off` (runs
+    /// only on demand, `POST /v1/payouts/run`). Every node may schedule it; each window runs once.
+    #[arg(
+        long,
+        env = "SWITCHYARD_PAYOUT_SCHEDULE",
+        default_value = "mon 09:00",
+        value_parser = PayoutSchedule::parse,
+        global = true
+    )]
+    pub payout_schedule: PayoutSchedule,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -254,6 +265,49 @@ pub enum Tenancy {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// When the periodic payout run fires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutSchedule {
+    /// `Mon`..`Sun`, or `*` for every day; `None` when off.
+    day: Option<String>,
+    hour: u32,
+    minute: u32,
+}
+
+impl PayoutSchedule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim().to_ascii_lowercase();
+        if text == "off" {
+            return Ok(Self {
+                day: None,
+                hour: 0,
+                minute: 0,
+            });
+        }
+        let invalid = || format!("{text:?}: expected `mon 09:00` (a weekday), `daily 09:00` or `off`");
+        let (day, time) = text.split_once(' ').ok_or_else(invalid)?;
+        let day = match day {
+            "daily" => "*",
+            "mon" | "tue" | "wed" | "thu" | "fri" | "sat" | "sun" => day,
+            _ => return Err(invalid()),
+        };
+        let (hour, minute) = time.trim().split_once(':').ok_or_else(invalid)?;
+        let hour: u32 = hour.parse().ok().filter(|h| *h < 24).ok_or_else(invalid)?;
+        let minute: u32 = minute.parse().ok().filter(|m| *m < 60).ok_or_else(invalid)?;
+        Ok(Self {
+            day: Some(day.to_owned()),
+            hour,
+            minute,
+        })
+    }
+
+    /// The cron expression (with seconds) of the schedule; `None` when off.
+    pub fn cron(&self) -> Option<String> {
+        let day = self.day.as_deref()?;
+        Some(format!("0 {} {} * * {day}", self.minute, self.hour))
+    }
 }
 
 /// Only what is never secret: the database URLs may hold passwords, and several settings are
@@ -311,6 +365,21 @@ mod tests {
         ] {
             let config = parse(&["--database-url", url]);
             assert_eq!(config.sqlite_path(), path.map(PathBuf::from), "{url}");
+        }
+    }
+
+    #[test]
+    fn payout_schedules_read_as_cron() {
+        let cron = |text: &str| PayoutSchedule::parse(text).map(|s| s.cron());
+        assert_eq!(cron("mon 09:00"), Ok(Some("0 0 9 * * mon".to_owned())));
+        assert_eq!(cron("Daily 23:45"), Ok(Some("0 45 23 * * *".to_owned())));
+        assert_eq!(cron("off"), Ok(None));
+        for bad in ["monday 09:00", "mon 24:00", "mon 9", "weekly", ""] {
+            assert!(cron(bad).is_err(), "{bad}");
+        }
+        for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+            let expression = cron(&format!("{day} 06:30")).unwrap().unwrap();
+            assert!(expression.parse::<cron::Schedule>().is_ok(), "{expression}");
         }
     }
 

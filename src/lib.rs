@@ -22,6 +22,7 @@ pub mod links;
 pub mod outbound;
 pub mod outbox;
 pub mod partners;
+pub mod payouts;
 pub mod postbacks;
 pub mod queue;
 pub mod secrets;

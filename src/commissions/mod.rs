@@ -6,9 +6,11 @@
 //!   pays its amount whatever the conversion's. Nothing is earned when the result is zero.
 //! - Renewals earn only on recurring terms.
 //! - A commission is `pending` until its holdback has passed; then the periodic
-//!   `commissions.approve` job approves it. A refund of the same order reverses pending and
-//!   approved commissions; a refund of a paid one is recorded on it (`refunded_at`) and counted,
-//!   not clawed back. A partial refund (refunds of the order adding up to less than it sold for)
+//!   `commissions.approve` job approves it. A payout run binds approved ones to a payout
+//!   (`payout_id`), and they are `paid` once it is. A refund of the same order reverses pending
+//!   and approved commissions; a refund of a paid one (or of one a pending payout holds) is
+//!   recorded on it (`refunded_at`) and counted, and clawed back from the partner's next payouts
+//!   only when the tenant turned `clawback_paid_refunds` on. A partial refund (refunds of the order adding up to less than it sold for)
 //!   takes the refunded share back instead: `reversed_amount` becomes the commission times the
 //!   refunded fraction, rounded half up, recomputed from all refunds so far so that several
 //!   partial refunds never drift; once they add up to the whole, the commission is reversed.
@@ -123,6 +125,7 @@ pub async fn accrue(
         reversed_amount: 0,
         currency,
         status: "pending".to_owned(),
+        payout_id: None,
         matures_at: conversion.occurred_at + holdback_days * DAY_MS,
         approved_at: None,
         reversed_at: None,
@@ -141,8 +144,10 @@ pub struct Refunded {
     pub reversed: Vec<String>,
     /// Commissions a partial refund took a share of (`commission.adjusted`).
     pub adjusted: Vec<String>,
-    /// Paid commissions: recorded and counted, not clawed back.
+    /// Paid commissions (or ones a pending payout holds): recorded and counted.
     pub already_paid: Vec<String>,
+    /// Of those, the ones whose refunded share was clawed back (`clawback_paid_refunds`).
+    pub clawed_back: Vec<String>,
 }
 
 /// How much of an order has been refunded, all refunds so far included.
@@ -186,7 +191,9 @@ impl RefundShare {
 /// Applies a refund of `order_id` that brings its refunded share to `share`. In full: reverses
 /// what is not paid yet and records it on what is. In part: takes the refunded share of each
 /// pending or approved commission back (`reversed_amount`, announced as `commission.adjusted`),
-/// and records it on paid ones.
+/// and records it on paid ones. A commission a pending payout holds counts as paid: the money
+/// is on its way. Where the tenant claws back paid refunds, the refunded share of a paid
+/// commission becomes a negative balance of its partner ([`crate::payouts::claw_back`]).
 pub async fn refund_order(
     state: &AppState,
     tx: &mut Tx,
@@ -197,9 +204,11 @@ pub async fn refund_order(
 ) -> anyhow::Result<Refunded> {
     let now = state.clock.now_ms();
     let mut refunded = Refunded::default();
+    let mut clawback = None;
     for mut commission in store::of_order(tx, tenant_id, order_id).await? {
+        let unpaid = commission.payout_id.is_none();
         match (commission.status.as_str(), share) {
-            ("pending" | "approved", RefundShare::Full) => {
+            ("pending" | "approved", RefundShare::Full) if unpaid => {
                 commission.status = "reversed".to_owned();
                 commission.reversed_at = Some(now);
                 commission.refunded_at = Some(now);
@@ -208,7 +217,7 @@ pub async fn refund_order(
                 announce(state, tx, handoff, &commission, "commission.reversed").await?;
                 refunded.reversed.push(commission.id);
             }
-            ("pending" | "approved", RefundShare::Part { .. }) => {
+            ("pending" | "approved", RefundShare::Part { .. }) if unpaid => {
                 let taken = share.of_commission(commission.amount);
                 if taken <= commission.reversed_amount {
                     continue;
@@ -220,10 +229,19 @@ pub async fn refund_order(
                 announce(state, tx, handoff, &commission, "commission.adjusted").await?;
                 refunded.adjusted.push(commission.id);
             }
-            ("paid", _) => {
+            ("paid" | "approved", _) => {
                 commission.refunded_at.get_or_insert(now);
                 commission.updated_at = now;
                 store::update_status(tx, &commission).await?;
+                let claws = match clawback {
+                    Some(on) => on,
+                    None => *clawback.insert(crate::payouts::claws_back(tx, tenant_id).await?),
+                };
+                // The share taken before it was paid is already out of what it paid.
+                let taken = share.of_commission(commission.amount) - commission.reversed_amount;
+                if claws && crate::payouts::claw_back(tx, &commission, taken, now).await? {
+                    refunded.clawed_back.push(commission.id.clone());
+                }
                 refunded.already_paid.push(commission.id);
             }
             _ => {}
@@ -244,6 +262,7 @@ fn payload(c: &StoredCommission) -> Value {
         reversed_amount: c.reversed_amount,
         currency: c.currency.clone(),
         status: c.status.clone(),
+        payout_id: c.payout_id.clone(),
         created_at: rfc3339(c.created_at),
     })
 }

@@ -43,6 +43,8 @@ pub struct Commission {
     pub currency: String,
     /// `pending`, `approved`, `reversed` or `paid`.
     pub status: String,
+    /// The payout that holds (pending) or paid it.
+    pub payout_id: Option<String>,
     /// When the holdback ends and the commission is approved.
     pub matures_at: String,
     pub approved_at: Option<String>,
@@ -71,6 +73,7 @@ impl From<StoredCommission> for Commission {
             reversed_amount: c.reversed_amount,
             currency: c.currency,
             status: c.status,
+            payout_id: c.payout_id,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct StoredCommission {
     pub reversed_amount: i64,
     pub currency: String,
     pub status: String,
+    /// The payout it is bound to (pending or paid), if any.
+    pub payout_id: Option<String>,
     pub matures_at: i64,
     pub approved_at: Option<i64>,
     pub reversed_at: Option<i64>,
@@ -29,13 +31,13 @@ pub struct StoredCommission {
 
 const COLUMNS: &str = "id, tenant_id, partner_id, campaign_id, conversion_id, click_id, event_id, \
     order_id, transaction_id, amount, reversed_amount, currency, status, matures_at, approved_at, \
-    reversed_at, refunded_at, created_at, updated_at";
+    reversed_at, refunded_at, created_at, updated_at, payout_id";
 
 pub async fn insert(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO commissions ({COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19)"
+                 $19, $20)"
     );
     sqlx::query(&sql)
         .bind(&c.id)
@@ -57,6 +59,7 @@ pub async fn insert(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()> {
         .bind(c.refunded_at)
         .bind(c.created_at)
         .bind(c.updated_at)
+        .bind(&c.payout_id)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -170,4 +173,138 @@ pub async fn list(
         .bind(page.fetch())
         .fetch_all(&mut **tx)
         .await
+}
+
+/// A partner's approved commissions in one currency that no payout holds yet.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Payable {
+    pub partner_id: String,
+    pub currency: String,
+    /// What they pay: the sum of `amount - reversed_amount`.
+    pub amount: i64,
+    pub count: i64,
+}
+
+/// Every partner's payable total per currency, by partner id.
+pub async fn payable(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Vec<Payable>> {
+    sqlx::query_as(
+        "SELECT partner_id, currency, CAST(SUM(amount - reversed_amount) AS BIGINT) AS amount,
+                COUNT(*) AS count
+         FROM commissions
+         WHERE tenant_id = $1 AND status = 'approved' AND payout_id IS NULL
+         GROUP BY partner_id, currency
+         ORDER BY partner_id, currency",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Binds the partner's payable commissions in `currency` to `payout_id`; returns what each
+/// pays. The condition is re-checked on the rows themselves (PostgreSQL re-reads a row another
+/// transaction changed), so a commission another run bound or a refund reversed meanwhile is
+/// left out, and the sum of the answer is exactly what was bound.
+pub async fn bind(
+    tx: &mut Tx,
+    tenant_id: &str,
+    partner_id: &str,
+    currency: &str,
+    payout_id: &str,
+    now: i64,
+) -> sqlx::Result<Vec<i64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE commissions SET payout_id = $1, updated_at = $2
+         WHERE tenant_id = $3 AND partner_id = $4 AND currency = $5 AND status = 'approved'
+           AND payout_id IS NULL
+         RETURNING amount - reversed_amount",
+    )
+    .bind(payout_id)
+    .bind(now)
+    .bind(tenant_id)
+    .bind(partner_id)
+    .bind(currency)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(net,)| net).collect())
+}
+
+/// Marks the commissions bound to `payout_id` paid; returns their ids.
+pub async fn settle(
+    tx: &mut Tx,
+    tenant_id: &str,
+    payout_id: &str,
+    now: i64,
+) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "UPDATE commissions SET status = 'paid', updated_at = $1
+         WHERE tenant_id = $2 AND payout_id = $3
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(payout_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Frees the commissions bound to `payout_id` (it failed or was reversed): approved again, in
+/// no payout, for the next run.
+pub async fn release(tx: &mut Tx, tenant_id: &str, payout_id: &str, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE commissions SET status = 'approved', payout_id = NULL, updated_at = $1
+         WHERE tenant_id = $2 AND payout_id = $3",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(payout_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The commissions bound to `payout_id`.
+pub async fn of_payout(
+    tx: &mut Tx,
+    tenant_id: &str,
+    payout_id: &str,
+) -> sqlx::Result<Vec<StoredCommission>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM commissions WHERE tenant_id = $1 AND payout_id = $2 ORDER BY id"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(payout_id)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// A partner's commissions summed per currency and state.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Totals {
+    pub currency: String,
+    pub status: String,
+    /// Whether a payout holds them (a pending one, for approved commissions).
+    pub in_payout: i64,
+    pub amount: i64,
+    pub reversed_amount: i64,
+}
+
+pub async fn totals(tx: &mut Tx, tenant_id: &str, partner_id: &str) -> sqlx::Result<Vec<Totals>> {
+    sqlx::query_as(
+        "SELECT currency, status,
+                CASE WHEN payout_id IS NULL THEN 0 ELSE 1 END AS in_payout,
+                CAST(SUM(amount) AS BIGINT) AS amount,
+                CAST(SUM(reversed_amount) AS BIGINT) AS reversed_amount
+         FROM commissions
+         WHERE tenant_id = $1 AND partner_id = $2
+         GROUP BY currency, status, CASE WHEN payout_id IS NULL THEN 0 ELSE 1 END
+         ORDER BY currency, status",
+    )
+    .bind(tenant_id)
+    .bind(partner_id)
+    .fetch_all(&mut **tx)
+    .await
 }

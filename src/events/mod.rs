@@ -77,8 +77,12 @@ pub struct EventResult {
     /// For a partial refund: commissions of the order it took the refunded share of.
     #[serde(default)]
     pub adjusted_commission_ids: Vec<String>,
-    /// For a refund: paid commissions of the order, recorded but not clawed back.
+    /// For a refund: paid commissions of the order (or ones a pending payout holds), recorded.
     pub refunded_paid_commission_ids: Vec<String>,
+    /// Of those, the ones clawed back from their partner's next payouts
+    /// (`clawback_paid_refunds` on).
+    #[serde(default)]
+    pub clawed_back_commission_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -275,6 +279,7 @@ pub async fn take_in_group(
         reversed_commission_ids: Vec::new(),
         adjusted_commission_ids: Vec::new(),
         refunded_paid_commission_ids: Vec::new(),
+        clawed_back_commission_ids: Vec::new(),
     };
     if event.event_type == "refund" {
         // The order's commissions are locked first, so two refunds at once each count the
@@ -288,6 +293,7 @@ pub async fn take_in_group(
         result.reversed_commission_ids = refunded.reversed;
         result.adjusted_commission_ids = refunded.adjusted;
         result.refunded_paid_commission_ids = refunded.already_paid;
+        result.clawed_back_commission_ids = refunded.clawed_back;
     } else {
         let clicks = match (&event.click_id, &customer_id) {
             (Some(click), _) => Some(Clicks::Click(click)),

@@ -100,6 +100,10 @@ const PUBLIC: [&str; 6] = [
     "/v1/stripe/webhook",
 ];
 
+/// Public routes by prefix: the API browser, and the onboarding links Stripe sends partners
+/// back to (their token is the credential).
+const PUBLIC_PREFIXES: [&str; 2] = ["/docs", "/v1/payout-onboarding/"];
+
 /// Middleware in front of every API route: authenticates the presented key, if any, and applies
 /// the rate limit — the key's own bucket for a valid key, the client address's for everything
 /// else (no header, a malformed, unknown or revoked key), whatever the route and whatever other
@@ -110,8 +114,9 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let path = request.uri().path();
     let outcome =
-        if PUBLIC.contains(&request.uri().path()) || request.uri().path().starts_with("/docs") {
+        if PUBLIC.contains(&path) || PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
             Err(Refusal::Missing)
         } else {
             settle(&state, request.headers(), request.extensions()).await

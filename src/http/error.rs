@@ -124,6 +124,9 @@ pub enum Error {
     RateLimited { retry_after_secs: u64 },
     #[error("the database is not reachable")]
     Unavailable,
+    /// A service this request needed (Stripe) refused it or could not be reached: 502.
+    #[error("{detail}")]
+    Upstream { code: &'static str, detail: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -159,6 +162,7 @@ impl Error {
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Upstream { code, .. } => (StatusCode::BAD_GATEWAY, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -37,6 +37,7 @@ use crate::app::AppState;
         (name = "identities", description = "The identity graph: customers and members by e-mail, phone and ids"),
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "stripe", description = "Stripe in: settings, the signed webhook, stored events"),
+        (name = "payouts", description = "Payouts: Connect accounts, runs, transfers, balances"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
 )]
@@ -75,6 +76,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::webhooks::routes::router())
         .merge(crate::webhooks::deliveries::router())
         .merge(crate::stripe::routes::router())
+        .merge(crate::payouts::routes::router())
 }
 
 /// The API's routes and its document, with what no single route declares: the optional

@@ -46,10 +46,12 @@ pub enum Scope {
     WebhooksWrite,
     #[serde(rename = "postbacks:write")]
     PostbacksWrite,
+    #[serde(rename = "payouts:read")]
+    PayoutsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::EventsWrite,
         Scope::PartnersRead,
         Scope::PartnersWrite,
@@ -57,6 +59,7 @@ impl Scope {
         Scope::WebhooksRead,
         Scope::WebhooksWrite,
         Scope::PostbacksWrite,
+        Scope::PayoutsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Scope {
             Scope::WebhooksRead => "webhooks:read",
             Scope::WebhooksWrite => "webhooks:write",
             Scope::PostbacksWrite => "postbacks:write",
+            Scope::PayoutsRead => "payouts:read",
         }
     }
 

@@ -224,3 +224,16 @@ pub async fn status(tx: &mut Tx, tenant_id: &str, id: &str) -> sqlx::Result<Opti
             .await?;
     Ok(row.map(|(status,)| status))
 }
+
+/// The ids of the tenant's revoked partners.
+pub async fn revoked_ids(
+    tx: &mut Tx,
+    tenant_id: &str,
+) -> sqlx::Result<std::collections::HashSet<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM partners WHERE tenant_id = $1 AND status = 'revoked'")
+            .bind(tenant_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}

@@ -1,7 +1,7 @@
 //! Partner postbacks: unsigned GETs to a partner's ad tracker when its commissions change.
 //!
-//! A partner keeps URL templates subscribed to `commission.*` types. The dispatch of every
-//! `commission.*` message (the same dispatch that fans out to webhook endpoints) renders the
+//! A partner keeps URL templates subscribed to `commission.*` types (all of them when it names
+//! none) and, when it names it, `payout.paid`. The dispatch of every such message (the same dispatch that fans out to webhook endpoints) renders the
 //! templates of the commission's partner and schedules one fire per (message, postback), so a
 //! second dispatch fires nothing twice. Macros:
 //!
@@ -11,7 +11,8 @@
 //! Values are URL-encoded; `{commission_amount}` is in major units with the currency's decimals
 //! (`29985` EUR is `299.85`), as trackers expect a payout; `{transaction_id}` is stable per
 //! conversion, so trackers deduplicate our retries; `{payout_id}` is empty until the commission
-//! is paid out. An unknown macro stays literal, so the partner notices the typo.
+//! is bound to a payout (on `payout.paid`, `{commission_amount}` is the payout's amount and the
+//! commission macros are empty). An unknown macro stays literal, so the partner notices the typo.
 //!
 //! A fire succeeds on 2xx; otherwise it is retried after 30 s, 2 min, 10 min and 1 h (stored
 //! delays), then counted failed. A postback failing `SWITCHYARD_POSTBACK_DISABLE_AFTER` times in
@@ -36,7 +37,15 @@ const MAX_ATTEMPTS: u32 = 5;
 const RETRY_DELAYS_SECS: [u64; 4] = [30, 120, 600, 3600];
 
 /// The types a postback may subscribe to.
-pub const TYPES: [&str; 3] = [
+pub const TYPES: [&str; 4] = [
+    "commission.accrued",
+    "commission.approved",
+    "commission.reversed",
+    "payout.paid",
+];
+
+/// The types a postback naming none fires on: conversions only, as trackers expect.
+const DEFAULT_TYPES: [&str; 3] = [
     "commission.accrued",
     "commission.approved",
     "commission.reversed",
@@ -158,7 +167,8 @@ pub async fn fan_out(
         return Ok(());
     };
     let values = macros(event_type, data);
-    for postback in store::subscribed(tx, tenant_id, partner_id, event_type).await? {
+    let by_default = DEFAULT_TYPES.contains(&event_type);
+    for postback in store::subscribed(tx, tenant_id, partner_id, event_type, by_default).await? {
         let fire = ids::new("pbf");
         let url = render(&postback.url_template, &values);
         if store::insert_fire(tx, &fire, tenant_id, &postback.id, message_id, &url, now).await? {

@@ -35,7 +35,7 @@ pub struct Postback {
     pub partner_id: String,
     /// The GET URL with `{macros}`.
     pub url_template: String,
-    /// `commission.*` types it fires on; empty means all of them.
+    /// Types it fires on; empty means every `commission.*` type (`payout.paid` only when named).
     pub event_types: Vec<String>,
     pub enabled: bool,
     /// Why it was disabled (after consecutive failures).
@@ -75,7 +75,8 @@ impl From<StoredPostback> for Postback {
 pub struct CreatePostback {
     /// An http(s) URL; macros such as `{click_id}` and `{commission_amount}` are filled in.
     pub url_template: String,
-    /// `commission.accrued`, `commission.approved`, `commission.reversed`; omit for all.
+    /// `commission.accrued`, `commission.approved`, `commission.reversed`, `payout.paid`; omit
+    /// for every `commission.*` type.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Default true.

@@ -132,17 +132,20 @@ pub async fn subscribed(
     tenant_id: &str,
     partner_id: &str,
     event_type: &str,
+    by_default: bool,
 ) -> sqlx::Result<Vec<StoredPostback>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM postbacks
          WHERE tenant_id = $1 AND partner_id = $2 AND enabled = 1 AND deleted_at IS NULL
-           AND (event_types = '' OR (' ' || event_types || ' ') LIKE ('% ' || $3 || ' %'))
+           AND ((event_types = '' AND $4 = 1)
+                OR (' ' || event_types || ' ') LIKE ('% ' || $3 || ' %'))
          ORDER BY id"
     );
     sqlx::query_as(&sql)
         .bind(tenant_id)
         .bind(partner_id)
         .bind(event_type)
+        .bind(i64::from(by_default))
         .fetch_all(&mut **tx)
         .await
 }

@@ -1,4 +1,4 @@
-//! The one outbound Stripe client: usage meters now, Connect transfers with payouts.
+//! The one outbound Stripe client: usage meters, Connect accounts and transfers for payouts.
 //!
 //! - Requests are form-encoded as Stripe expects, nested objects as `a[b]=v` and arrays as
 //!   `a[0]=v` ([`form`]), and every POST carries an `Idempotency-Key` derived from what the
@@ -122,17 +122,35 @@ impl StripeClient {
         idempotency_key: &str,
         account: Option<&str>,
     ) -> Result<Value, StripeError> {
-        // Waits its turn (a fraction of a second at the default rate) rather than failing.
-        let bucket = account.map_or_else(|| key_account(secret_key), str::to_owned);
-        self.limits.until_key_ready(&bucket).await;
-        let mut request = self
+        let request = self
             .outbound
             .request(reqwest::Method::POST, &format!("{}{path}", self.base))
             .map_err(StripeError::Transport)?
-            .bearer_auth(secret_key)
             .header("Idempotency-Key", idempotency_key)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(form(params));
+        self.send(secret_key, request, account).await
+    }
+
+    /// GETs `path` (an object: `/v1/accounts/acct_...`) with `secret_key`.
+    pub async fn get(&self, secret_key: &str, path: &str) -> Result<Value, StripeError> {
+        let request = self
+            .outbound
+            .request(reqwest::Method::GET, &format!("{}{path}", self.base))
+            .map_err(StripeError::Transport)?;
+        self.send(secret_key, request, None).await
+    }
+
+    async fn send(
+        &self,
+        secret_key: &str,
+        request: reqwest::RequestBuilder,
+        account: Option<&str>,
+    ) -> Result<Value, StripeError> {
+        // Waits its turn (a fraction of a second at the default rate) rather than failing.
+        let bucket = account.map_or_else(|| key_account(secret_key), str::to_owned);
+        self.limits.until_key_ready(&bucket).await;
+        let mut request = request.bearer_auth(secret_key);
         if let Some(account) = account {
             request = request.header("Stripe-Account", account);
         }

@@ -23,7 +23,10 @@
 //!   charge's running `amount_refunded`; a partial refund takes the refunded share of the
 //!   commissions back, a full one reverses them. `charge.dispute.closed` lost: a refund of the
 //!   disputed amount. An opened dispute is recorded and reverses nothing (disputes can be won).
-//! - `invoice.payment_failed`, `invoice_payment.paid` and `account.updated` are recorded; other
+//! - `account.updated` (from the Connect destination) keeps a partner's payout account's
+//!   readiness current; `transfer.reversed` reverses the paid payout of a fully reversed
+//!   transfer (see [`crate::payouts`]).
+//! - `invoice.payment_failed` and `invoice_payment.paid` are recorded; other
 //!   types are ignored, as are events whose `livemode` differs from the configured key's mode
 //!   and connected accounts' events other than `account.updated` (ADR 11).
 
@@ -461,7 +464,15 @@ async fn process(state: &AppState, tenant_id: &str, event_id: &str) -> anyhow::R
         "invoice.payment_failed" => Step::Resolved(Resolution::recorded("payment_failed")),
         // Kept for refunds: which invoice a payment intent paid.
         "invoice_payment.paid" => Step::Resolved(Resolution::recorded("invoice_payment")),
-        "account.updated" => Step::Resolved(Resolution::recorded("account_updated")),
+        "account.updated" => {
+            let known = crate::payouts::account_updated(state, tenant_id, object).await?;
+            let reason = if known { "payout_account_updated" } else { "unknown_account" };
+            Step::Resolved(Resolution::recorded(reason))
+        }
+        "transfer.reversed" => {
+            let became = crate::payouts::transfer_reversed(state, tenant_id, object).await?;
+            Step::Resolved(Resolution::recorded(became))
+        }
         _ => Step::Resolved(Resolution::new(
             "ignored",
             json!({"reason": "unhandled_type"}),

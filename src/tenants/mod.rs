@@ -131,6 +131,15 @@ pub async fn find_by_slug(tx: &mut Tx, slug: &str) -> sqlx::Result<Option<Tenant
         .await
 }
 
+/// The slug of tenant `id`.
+pub async fn slug_of(tx: &mut Tx, id: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT slug FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|(slug,)| slug))
+}
+
 /// A tenant the operator bills by usage.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Billed {

@@ -66,24 +66,59 @@ pub struct CommissionEvent {
     pub currency: String,
     /// `pending`, `approved`, `reversed` or `paid`.
     pub status: String,
+    /// The payout that holds or paid it, if any.
+    pub payout_id: Option<String>,
     pub created_at: String,
 }
 
-/// `payout.paid`.
+/// `payout.paid`, `payout.failed`, `payout.reversed`.
 #[derive(Serialize, JsonSchema)]
 pub struct PayoutEvent {
     pub payout_id: String,
     pub partner_id: String,
+    pub run_id: String,
+    /// Minor units of `currency`: what the partner is paid (its commissions less clawbacks).
     pub amount: i64,
+    /// ISO 4217.
     pub currency: String,
+    /// `paid`, `failed` or `reversed`.
+    pub status: String,
+    /// `stripe_connect` or `manual`.
+    pub method: String,
+    /// The Stripe transfer (`tr_...`), for Connect payouts.
+    pub transfer_id: Option<String>,
+    /// The admin's reference, for payouts marked paid by hand.
+    pub reference: Option<String>,
+    /// Why it failed (`payout.failed`): a stable code and Stripe's message.
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    /// The commissions it paid (`payout.paid`) or freed for the next run.
     pub commission_ids: Vec<String>,
-    pub paid_at: String,
+    pub paid_at: Option<String>,
 }
 
 /// `webhook.test`: a ping.
 #[derive(Serialize, JsonSchema)]
 pub struct TestEvent {
     pub message: String,
+}
+
+fn payout_example() -> Value {
+    json!(PayoutEvent {
+        payout_id: "pay_01JB3Z5R6S7T8V9W0X1Y2Z3A4B".to_owned(),
+        partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
+        run_id: "run_01JB3Z5Q2W3E4R5T6Y7V8M9N0P".to_owned(),
+        amount: 8400,
+        currency: "EUR".to_owned(),
+        status: "paid".to_owned(),
+        method: "stripe_connect".to_owned(),
+        transfer_id: Some("tr_1QZ3sdLkdIwHu7ix0Bq8Ylmt".to_owned()),
+        reference: None,
+        failure_code: None,
+        failure_message: None,
+        commission_ids: vec!["com_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned()],
+        paid_at: Some("2026-12-01T08:00:00.000Z".to_owned()),
+    })
 }
 
 /// One entry of the catalog.
@@ -118,6 +153,7 @@ fn commission_example() -> Value {
         amount: 1250,
         reversed_amount: 0,
         currency: "EUR".to_owned(),
+        payout_id: None,
         status: "pending".to_owned(),
         created_at: "2026-11-02T14:00:00.000Z".to_owned(),
     })
@@ -214,17 +250,33 @@ pub const CATALOG: &[EventType] = &[
     },
     EventType {
         name: "payout.paid",
-        description: "A payout was paid",
+        description: "A payout was paid: its transfer succeeded, or an admin marked it paid",
+        schema: || schema_for!(PayoutEvent),
+        example: payout_example,
+    },
+    EventType {
+        name: "payout.failed",
+        description: "A payout failed for good; its commissions are free for the next run",
         schema: || schema_for!(PayoutEvent),
         example: || {
-            json!(PayoutEvent {
-                payout_id: "pay_01JB3Z5R6S7T8V9W0X1Y2Z3A4B".to_owned(),
-                partner_id: "ptr_01JB3Z2Q6W8X4Y5V7T9S1R3P5N".to_owned(),
-                amount: 8400,
-                currency: "EUR".to_owned(),
-                commission_ids: vec!["com_01JB3Z4K8M2N6P0Q4R8S2T6V0W".to_owned()],
-                paid_at: "2026-12-01T08:00:00.000Z".to_owned(),
-            })
+            let mut example = payout_example();
+            example["status"] = json!("failed");
+            example["transfer_id"] = Value::Null;
+            example["paid_at"] = Value::Null;
+            example["failure_code"] = json!("balance_insufficient");
+            example["failure_message"] =
+                json!("You have insufficient available funds in your Stripe account.");
+            example
+        },
+    },
+    EventType {
+        name: "payout.reversed",
+        description: "A paid payout's transfer was reversed; its commissions are approved again",
+        schema: || schema_for!(PayoutEvent),
+        example: || {
+            let mut example = payout_example();
+            example["status"] = json!("reversed");
+            example
         },
     },
     EventType {

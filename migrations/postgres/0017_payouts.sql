@@ -1,0 +1,119 @@
+-- Payouts (DESIGN.md section 11): partners' Stripe Connect accounts, payout runs, payouts, and
+-- the clawbacks later payouts absorb. Same tables and columns as the other engine's twin.
+
+-- Per tenant: how payouts are made (`stripe_connect` transfers, or `manual`: exported and
+-- marked paid), the smallest payout (minor units, per currency), whether refunds of paid
+-- commissions are clawed back, and where Stripe's onboarding returns the partner to.
+CREATE TABLE payout_settings (
+    tenant_id              TEXT PRIMARY KEY REFERENCES tenants (id),
+    method                 TEXT NOT NULL CHECK (method IN ('stripe_connect', 'manual')),
+    payout_minimum         BIGINT NOT NULL CHECK (payout_minimum >= 0),
+    clawback_paid_refunds  BIGINT NOT NULL CHECK (clawback_paid_refunds IN (0, 1)),
+    onboarding_return_url  TEXT,
+    updated_at             BIGINT NOT NULL
+);
+
+-- A partner's Express connected account and its readiness, from Stripe's Account object
+-- (`account.updated`, and re-read before each transfer). `currently_due` is a JSON array.
+CREATE TABLE payout_accounts (
+    tenant_id          TEXT NOT NULL REFERENCES tenants (id),
+    partner_id         TEXT NOT NULL REFERENCES partners (id),
+    stripe_account_id  TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('onboarding', 'ready', 'restricted')),
+    currently_due      TEXT NOT NULL,
+    disabled_reason    TEXT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, partner_id),
+    CONSTRAINT payout_accounts_stripe_key UNIQUE (tenant_id, stripe_account_id)
+);
+
+-- One run: scheduled (one per window across nodes) or on demand. `carried` is a JSON array of
+-- the balances it did not pay, and why.
+CREATE TABLE payout_runs (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants (id),
+    triggered_by  TEXT NOT NULL CHECK (triggered_by IN ('schedule', 'manual')),
+    payout_count  BIGINT NOT NULL,
+    carried       TEXT NOT NULL,
+    created_at    BIGINT NOT NULL
+);
+CREATE INDEX payout_runs_newest ON payout_runs (tenant_id, created_at DESC, id DESC);
+
+-- One payout per partner and currency in a run: `amount` = the commissions bound to it minus
+-- the clawbacks it absorbed; never negative, never zero.
+CREATE TABLE payouts (
+    id                  TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL REFERENCES tenants (id),
+    run_id              TEXT NOT NULL REFERENCES payout_runs (id),
+    partner_id          TEXT NOT NULL REFERENCES partners (id),
+    currency            TEXT NOT NULL,
+    amount              BIGINT NOT NULL CHECK (amount > 0),
+    commissions_amount  BIGINT NOT NULL,
+    clawed_back         BIGINT NOT NULL,
+    commission_count    BIGINT NOT NULL,
+    method              TEXT NOT NULL CHECK (method IN ('stripe_connect', 'manual')),
+    status              TEXT NOT NULL CHECK (status IN ('pending', 'paid', 'failed', 'reversed')),
+    destination         TEXT,
+    transfer_id         TEXT,
+    reference           TEXT,
+    failure_code        TEXT,
+    failure_message     TEXT,
+    created_at          BIGINT NOT NULL,
+    updated_at          BIGINT NOT NULL,
+    paid_at             BIGINT
+);
+CREATE INDEX payouts_newest ON payouts (tenant_id, created_at DESC, id DESC);
+CREATE INDEX payouts_partner ON payouts (tenant_id, partner_id, created_at DESC, id DESC);
+CREATE INDEX payouts_run ON payouts (tenant_id, run_id);
+CREATE INDEX payouts_transfer ON payouts (tenant_id, transfer_id);
+
+-- The payout a commission is bound to: one column, so a commission belongs to at most one
+-- payout by construction. Set by the run that creates the payout, cleared when it fails or is
+-- reversed (the commission is approved and free again).
+ALTER TABLE commissions ADD COLUMN payout_id TEXT REFERENCES payouts (id);
+CREATE INDEX commissions_payable ON commissions (tenant_id, partner_id, currency)
+    WHERE status = 'approved' AND payout_id IS NULL;
+CREATE INDEX commissions_payout ON commissions (tenant_id, payout_id)
+    WHERE payout_id IS NOT NULL;
+
+-- A clawback: a refund of a paid commission (with `clawback_paid_refunds` on) takes `amount`
+-- (negative) from the partner's next payouts. `payout_id` is the payout that absorbed it.
+CREATE TABLE payout_adjustments (
+    id             TEXT PRIMARY KEY,
+    tenant_id      TEXT NOT NULL REFERENCES tenants (id),
+    partner_id     TEXT NOT NULL REFERENCES partners (id),
+    commission_id  TEXT NOT NULL REFERENCES commissions (id),
+    currency       TEXT NOT NULL,
+    amount         BIGINT NOT NULL CHECK (amount < 0),
+    payout_id      TEXT REFERENCES payouts (id),
+    created_at     BIGINT NOT NULL
+);
+CREATE INDEX payout_adjustments_partner ON payout_adjustments (tenant_id, partner_id, currency);
+CREATE INDEX payout_adjustments_commission ON payout_adjustments (tenant_id, commission_id);
+
+ALTER TABLE payout_settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payout_settings FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON payout_settings
+    USING (tenant_id = current_setting('switchyard.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('switchyard.tenant_id', true));
+ALTER TABLE payout_accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payout_accounts FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON payout_accounts
+    USING (tenant_id = current_setting('switchyard.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('switchyard.tenant_id', true));
+ALTER TABLE payout_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payout_runs FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON payout_runs
+    USING (tenant_id = current_setting('switchyard.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('switchyard.tenant_id', true));
+ALTER TABLE payouts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payouts FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON payouts
+    USING (tenant_id = current_setting('switchyard.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('switchyard.tenant_id', true));
+ALTER TABLE payout_adjustments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payout_adjustments FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON payout_adjustments
+    USING (tenant_id = current_setting('switchyard.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('switchyard.tenant_id', true));
