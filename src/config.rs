@@ -286,7 +286,8 @@ impl PayoutSchedule {
                 minute: 0,
             });
         }
-        let invalid = || format!("{text:?}: expected `mon 09:00` (a weekday), `daily 09:00` or `off`");
+        let invalid =
+            || format!("{text:?}: expected `mon 09:00` (a weekday), `daily 09:00` or `off`");
         let (day, time) = text.split_once(' ').ok_or_else(invalid)?;
         let day = match day {
             "daily" => "*",
@@ -295,7 +296,11 @@ impl PayoutSchedule {
         };
         let (hour, minute) = time.trim().split_once(':').ok_or_else(invalid)?;
         let hour: u32 = hour.parse().ok().filter(|h| *h < 24).ok_or_else(invalid)?;
-        let minute: u32 = minute.parse().ok().filter(|m| *m < 60).ok_or_else(invalid)?;
+        let minute: u32 = minute
+            .parse()
+            .ok()
+            .filter(|m| *m < 60)
+            .ok_or_else(invalid)?;
         Ok(Self {
             day: Some(day.to_owned()),
             hour,

@@ -115,12 +115,11 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let outcome =
-        if PUBLIC.contains(&path) || PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
-            Err(Refusal::Missing)
-        } else {
-            settle(&state, request.headers(), request.extensions()).await
-        };
+    let outcome = if PUBLIC.contains(&path) || PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        Err(Refusal::Missing)
+    } else {
+        settle(&state, request.headers(), request.extensions()).await
+    };
     let limited = match &outcome {
         Ok(principal) => state.limits.check_key(&principal.key_id),
         Err(_) => rate_limit::check_ip(&state, &request),

@@ -412,14 +412,20 @@ pub fn read_onboarding_token(state: &AppState, token: &str) -> Option<(String, S
 }
 
 /// A new onboarding link for the account a genuine token names (Stripe's `refresh_url`).
-pub async fn refresh_link(state: &AppState, tenant_id: &str, partner_id: &str) -> Result<String, Error> {
+pub async fn refresh_link(
+    state: &AppState,
+    tenant_id: &str,
+    partner_id: &str,
+) -> Result<String, Error> {
     let mut tx = state.db.read(tenant_id).await?;
     let account = store::account(&mut tx, tenant_id, partner_id).await?;
     let return_url = settings(&mut tx, tenant_id).await?.onboarding_return_url;
     tx.commit().await?;
     let account = account.ok_or_else(|| Error::not_found("payout account"))?;
     let key = stripe_key(state, tenant_id).await?;
-    Ok(mint_link(state, &key, &account, return_url.as_deref()).await?.0)
+    Ok(mint_link(state, &key, &account, return_url.as_deref())
+        .await?
+        .0)
 }
 
 /// Re-reads the partner's account from Stripe and stores its readiness; `None` when it has none.
@@ -437,7 +443,13 @@ pub async fn refresh_account(
     let key = stripe_key(state, tenant_id).await?;
     let path = format!("/v1/accounts/{}", account.stripe_account_id);
     let read = state.stripe.get(&key, &path).await.map_err(upstream)?;
-    save_readiness(state, tenant_id, &account.stripe_account_id, &readiness(&read)).await?;
+    save_readiness(
+        state,
+        tenant_id,
+        &account.stripe_account_id,
+        &readiness(&read),
+    )
+    .await?;
     let mut tx = state.db.read(tenant_id).await?;
     let account = store::account(&mut tx, tenant_id, partner_id).await?;
     tx.commit().await?;
@@ -491,7 +503,10 @@ struct Open {
 }
 
 /// Decides what a run pays: the payouts to make and the balances carried.
-async fn plan(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<(Settings, Vec<PlannedPayout>, Vec<Carried>)> {
+async fn plan(
+    tx: &mut Tx,
+    tenant_id: &str,
+) -> sqlx::Result<(Settings, Vec<PlannedPayout>, Vec<Carried>)> {
     let settings = settings(tx, tenant_id).await?;
     let mut open: BTreeMap<(String, String), Open> = BTreeMap::new();
     for p in commissions::store::payable(tx, tenant_id).await? {
@@ -585,8 +600,15 @@ pub async fn run(
         let mut tx = state.db.write(tenant_id).await?;
         let mut handoff = state.queue.handoff();
         for plan in batch {
-            let made_one =
-                make_payout(state, &mut tx, &mut handoff, tenant_id, &settings, &run_id, plan);
+            let made_one = make_payout(
+                state,
+                &mut tx,
+                &mut handoff,
+                tenant_id,
+                &settings,
+                &run_id,
+                plan,
+            );
             match made_one.await? {
                 Made::Payout(payout) => made.push(payout),
                 Made::Carried(balance) => carried.push(balance),
@@ -598,7 +620,14 @@ pub async fn run(
     }
     let mut tx = state.db.write(tenant_id).await?;
     let count = made.len() as i64;
-    store::finish_run(&mut tx, tenant_id, &run_id, count, &json!(carried).to_string()).await?;
+    store::finish_run(
+        &mut tx,
+        tenant_id,
+        &run_id,
+        count,
+        &json!(carried).to_string(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(RunResult {
         run_id: Some(run_id),
@@ -804,11 +833,18 @@ async fn transfer(state: &AppState, tenant_id: &str, payout_id: &str) -> anyhow:
         Err(err) => return Err(anyhow::anyhow!("{err}")),
     };
     let Some(account) = payout.destination.clone() else {
-        let failure = failed("account_not_ready", "the partner has no payout account".into());
+        let failure = failed(
+            "account_not_ready",
+            "the partner has no payout account".into(),
+        );
         fail(state, tenant_id, payout_id, &failure).await?;
         return Ok(Outcome::Done);
     };
-    match state.stripe.get(&key, &format!("/v1/accounts/{account}")).await {
+    match state
+        .stripe
+        .get(&key, &format!("/v1/accounts/{account}"))
+        .await
+    {
         Ok(read) => {
             let readiness = readiness(&read);
             save_readiness(state, tenant_id, &account, &readiness).await?;
@@ -817,7 +853,13 @@ async fn transfer(state: &AppState, tenant_id: &str, payout_id: &str) -> anyhow:
                     Some(reason) => format!("the payout account is {}: {reason}", readiness.status),
                     None => format!("the payout account is {}", readiness.status),
                 };
-                fail(state, tenant_id, payout_id, &failed("account_not_ready", message)).await?;
+                fail(
+                    state,
+                    tenant_id,
+                    payout_id,
+                    &failed("account_not_ready", message),
+                )
+                .await?;
                 return Ok(Outcome::Done);
             }
         }
@@ -877,7 +919,12 @@ impl Failure {
     fn of(err: &StripeError) -> Self {
         match err {
             StripeError::Api { code, message, .. } => Self {
-                code: if code.is_empty() { "stripe_error" } else { code }.to_owned(),
+                code: if code.is_empty() {
+                    "stripe_error"
+                } else {
+                    code
+                }
+                .to_owned(),
                 message: message.clone(),
             },
             StripeError::Transport(_) => Self {
@@ -922,7 +969,15 @@ async fn announce(
     commission_ids: Vec<String>,
 ) -> anyhow::Result<()> {
     let data = announced(payout, commission_ids);
-    outbox::emit(tx, handoff, &state.clock, &payout.tenant_id, event_type, data).await?;
+    outbox::emit(
+        tx,
+        handoff,
+        &state.clock,
+        &payout.tenant_id,
+        event_type,
+        data,
+    )
+    .await?;
     Ok(())
 }
 
@@ -952,7 +1007,15 @@ pub async fn paid(
     store::save_outcome(&mut tx, &payout).await?;
     let commission_ids = commissions::store::settle(&mut tx, tenant_id, payout_id, now).await?;
     let mut handoff = state.queue.handoff();
-    announce(state, &mut tx, &mut handoff, &payout, "payout.paid", commission_ids).await?;
+    announce(
+        state,
+        &mut tx,
+        &mut handoff,
+        &payout,
+        "payout.paid",
+        commission_ids,
+    )
+    .await?;
     tx.commit().await?;
     handoff.start();
     Ok(Some(payout))
@@ -982,14 +1045,27 @@ pub async fn fail(
     store::save_outcome(&mut tx, &payout).await?;
     let freed = free(&mut tx, tenant_id, payout_id, now).await?;
     let mut handoff = state.queue.handoff();
-    announce(state, &mut tx, &mut handoff, &payout, "payout.failed", freed).await?;
+    announce(
+        state,
+        &mut tx,
+        &mut handoff,
+        &payout,
+        "payout.failed",
+        freed,
+    )
+    .await?;
     tx.commit().await?;
     handoff.start();
     Ok(())
 }
 
 /// Frees a payout's commissions (approved again) and clawbacks; returns the commissions' ids.
-async fn free(tx: &mut Tx, tenant_id: &str, payout_id: &str, now: i64) -> sqlx::Result<Vec<String>> {
+async fn free(
+    tx: &mut Tx,
+    tenant_id: &str,
+    payout_id: &str,
+    now: i64,
+) -> sqlx::Result<Vec<String>> {
     let freed: Vec<String> = commissions::store::of_payout(tx, tenant_id, payout_id)
         .await?
         .into_iter()
@@ -1029,7 +1105,15 @@ pub async fn transfer_reversed(
     store::save_outcome(&mut tx, &payout).await?;
     let freed = free(&mut tx, tenant_id, &payout_id, now).await?;
     let mut handoff = state.queue.handoff();
-    announce(state, &mut tx, &mut handoff, &payout, "payout.reversed", freed).await?;
+    announce(
+        state,
+        &mut tx,
+        &mut handoff,
+        &payout,
+        "payout.reversed",
+        freed,
+    )
+    .await?;
     tx.commit().await?;
     handoff.start();
     Ok("payout_reversed")

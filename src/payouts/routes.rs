@@ -225,7 +225,10 @@ async fn open_account(
         .as_deref()
         .is_some_and(|c| c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()))
     {
-        return Err(Error::invalid("country", "must be an ISO 3166-1 alpha-2 code"));
+        return Err(Error::invalid(
+            "country",
+            "must be an ISO 3166-1 alpha-2 code",
+        ));
     }
     let tenant = &principal.tenant_id;
     let mut tx = state.db.read(tenant).await?;
@@ -320,11 +323,7 @@ async fn onboarding_returned(
          </main></body></html>",
         account.status
     );
-    Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(page),
-    )
-        .into_response())
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 
 // --- runs ------------------------------------------------------------------------------------

@@ -466,7 +466,11 @@ async fn process(state: &AppState, tenant_id: &str, event_id: &str) -> anyhow::R
         "invoice_payment.paid" => Step::Resolved(Resolution::recorded("invoice_payment")),
         "account.updated" => {
             let known = crate::payouts::account_updated(state, tenant_id, object).await?;
-            let reason = if known { "payout_account_updated" } else { "unknown_account" };
+            let reason = if known {
+                "payout_account_updated"
+            } else {
+                "unknown_account"
+            };
             Step::Resolved(Resolution::recorded(reason))
         }
         "transfer.reversed" => {
