@@ -18,6 +18,8 @@ enum Needs {
     Admin,
     /// A scoped key holding this scope, or an admin key.
     Scope(&'static str),
+    /// As `Scope`, and any partner key, which is answered about its own partner only.
+    ScopeOrPartner(&'static str),
 }
 
 /// (method, documented path, who may call it, the answer to an allowed caller)
@@ -238,6 +240,57 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
     ),
     // No SWITCHYARD_PLATFORM_STRIPE_KEY in the test server: allowed callers learn that.
     ("POST", "/v1/billing/report-usage", Needs::Admin, 409),
+    ("GET", "/v1/payouts/settings", Needs::Admin, 200),
+    ("PUT", "/v1/payouts/settings", Needs::Admin, 200),
+    // No Stripe key in the test server: allowed callers learn that.
+    (
+        "POST",
+        "/v1/partners/{id}/payout-account",
+        Needs::Admin,
+        409,
+    ),
+    (
+        "GET",
+        "/v1/partners/{id}/payout-account",
+        Needs::Scope("payouts:read"),
+        200,
+    ),
+    (
+        "GET",
+        "/v1/partners/{id}/balance",
+        Needs::Scope("payouts:read"),
+        200,
+    ),
+    // Public, the token in the path is the credential: a made-up one is 404 for every caller.
+    ("GET", "/v1/payout-onboarding/{token}", Needs::Nothing, 404),
+    (
+        "GET",
+        "/v1/payout-onboarding/{token}/return",
+        Needs::Nothing,
+        404,
+    ),
+    ("POST", "/v1/payouts/run", Needs::Admin, 200),
+    (
+        "GET",
+        "/v1/payouts",
+        Needs::ScopeOrPartner("payouts:read"),
+        200,
+    ),
+    (
+        "GET",
+        "/v1/payouts/export.csv",
+        Needs::Scope("payouts:read"),
+        200,
+    ),
+    // No payout has this id: an allowed caller reaches the handler and gets 404.
+    (
+        "GET",
+        "/v1/payouts/{id}",
+        Needs::ScopeOrPartner("payouts:read"),
+        404,
+    ),
+    ("POST", "/v1/payouts/{id}/mark-paid", Needs::Admin, 404),
+    ("GET", "/v1/payout-runs", Needs::Scope("payouts:read"), 200),
 ];
 
 enum Caller {
@@ -250,7 +303,7 @@ enum Caller {
     Admin,
 }
 
-const SCOPES: [&str; 7] = [
+const SCOPES: [&str; 8] = [
     "events:write",
     "partners:read",
     "partners:write",
@@ -258,6 +311,7 @@ const SCOPES: [&str; 7] = [
     "webhooks:read",
     "webhooks:write",
     "postbacks:write",
+    "payouts:read",
 ];
 
 #[test]
@@ -286,7 +340,12 @@ fn expected(needs: Needs, caller: &Caller, ok: u16) -> StatusCode {
         (Needs::Nothing, _) => ok,
         (_, _) if !authenticated => StatusCode::UNAUTHORIZED,
         (Needs::AnyKey, _) | (_, Caller::Admin) => ok,
-        (Needs::Scope(needed), Caller::Scoped(held)) if needed == *held => ok,
+        (Needs::ScopeOrPartner(_), Caller::Partner) => ok,
+        (Needs::Scope(needed) | Needs::ScopeOrPartner(needed), Caller::Scoped(held))
+            if needed == *held =>
+        {
+            ok
+        }
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -315,6 +374,10 @@ async fn target(srv: &TestServer, path: &str, n: usize, campaign: &str) -> Strin
         link["key"].as_str().unwrap().to_owned()
     } else if path.starts_with("/v1/stripe/events/") {
         "evt_none".to_owned()
+    } else if path.starts_with("/v1/payouts/") {
+        "pay_01J00000000000000000000000".to_owned()
+    } else if path.starts_with("/v1/payout-onboarding/") {
+        "ten_x.ptr_y.forged".to_owned()
     } else if path.starts_with("/v1/commissions/") {
         "com_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/queue/jobs/") {
@@ -359,7 +422,9 @@ fn body(method: &str, path: &str, n: usize, campaign: &str) -> Option<Value> {
         ("POST", p) if p.ends_with("/campaigns") || p.ends_with("/links") => {
             Some(json!({"campaign_id": campaign}))
         }
+        ("PUT", "/v1/payouts/settings") => Some(json!({"payout_minimum": 100})),
         ("PUT", _) => Some(json!({"type": "percent", "bps": 100})),
+        ("POST", p) if p.ends_with("/mark-paid") => Some(json!({"reference": "wire 1"})),
         ("POST", "/v1/api-keys") => Some(json!({"name": "minted", "scopes": ["events:write"]})),
         ("POST", "/v1/webhooks") => Some(json!({"url": format!("http://127.0.0.1:9/new/{n}")})),
         ("PATCH", _) => Some(json!({"description": "changed"})),
@@ -431,6 +496,8 @@ async fn every_route_answers_every_caller_as_documented(engine: Engine) {
                     .replace("{postback_id}", postback["id"].as_str().unwrap())
             } else if path.contains("{id}") {
                 path.replace("{id}", &target(&srv, path, n, &campaign).await)
+            } else if path.contains("{token}") {
+                path.replace("{token}", &target(&srv, path, n, &campaign).await)
             } else if path.contains("{key}") {
                 path.replace("{key}", &target(&srv, path, n, &campaign).await)
             } else {

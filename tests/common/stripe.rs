@@ -128,6 +128,9 @@ struct Queued {
     body: Value,
 }
 
+/// A form, decoded, in order.
+type Form = Vec<(String, String)>;
+
 /// What the fake Stripe keeps, as Stripe does.
 #[derive(Default)]
 struct Ledger {
@@ -136,7 +139,7 @@ struct Ledger {
     accounts: std::collections::BTreeMap<String, Value>,
     transfers: Vec<Value>,
     /// Idempotency key -> (the request's form, status, body): a key's first result, replayed.
-    keyed: std::collections::HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    keyed: std::collections::HashMap<String, (Form, u16, Value)>,
     replays: usize,
     delay: std::time::Duration,
 }
