@@ -8,7 +8,8 @@
 //!   wins when present; otherwise connection errors, 409 and 5xx are retried, 429 only when the
 //!   header says so; `Retry-After` is honoured up to 60 s.
 //! - A request-rate limit per Stripe account (`SWITCHYARD_STRIPE_RATE_LIMIT`, default 25/s)
-//!   makes requests wait their turn before they reach Stripe's own limit.
+//!   makes requests wait their turn before they reach Stripe's own limit. They are spaced
+//!   evenly, without a burst, so no second ever carries more than the limit.
 //! - Every request goes through the outbound client and its SSRF guard. The API base
 //!   (`SWITCHYARD_STRIPE_API_BASE`, for a local fake in tests) is allowlisted only when set.
 
@@ -108,7 +109,7 @@ impl StripeClient {
         Ok(Self {
             outbound: Outbound::new(Guard::new(allow), timeout),
             base: base.unwrap_or(API_BASE).trim_end_matches('/').to_owned(),
-            limits: RateLimiter::keyed(Quota::per_second(per_account)),
+            limits: RateLimiter::keyed(Quota::per_second(per_account).allow_burst(NonZeroU32::MIN)),
         })
     }
 
