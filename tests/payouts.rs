@@ -20,6 +20,7 @@ on_both_engines!(
     a_refused_transfer_fails_the_payout_and_frees_its_commissions,
     a_retryable_stripe_error_is_retried_with_the_same_key,
     a_reversed_transfer_reverses_the_payout,
+    a_refund_while_paid_applies_when_the_payout_is_reversed,
     refunds_of_paid_commissions_are_clawed_back_only_when_turned_on,
     manual_payouts_are_exported_and_marked_paid,
     a_partner_key_sees_only_its_own_payouts_and_balance,
@@ -715,6 +716,14 @@ async fn a_refused_transfer_fails_the_payout_and_frees_its_commissions(engine: E
         .unwrap()
         .contains("insufficient"));
     assert_eq!(failed["commissions"], json!([]));
+    // Before failing it, the hub looked for a transfer an earlier request might have made.
+    let lookup = p
+        .fake
+        .received()
+        .into_iter()
+        .find(|r| r.method == "GET" && r.path == "/v1/transfers")
+        .expect("a lookup before failing");
+    assert_eq!(lookup.field("transfer_group"), first["run_id"].as_str());
     let message: Value = serde_json::from_slice(&hook.next().await.body).unwrap();
     assert_eq!(message["type"], "payout.failed");
     assert_eq!(message["data"]["failure_code"], "balance_insufficient");
@@ -789,7 +798,100 @@ async fn a_retryable_stripe_error_is_retried_with_the_same_key(engine: Engine) {
         "the retry is the same request"
     );
     assert_eq!(p.fake.transfers().len(), 1);
+
+    // Stripe makes the transfer but its answer is lost, and the retry comes more than a day
+    // later, when Stripe may have forgotten the key: the hub finds the transfer instead of
+    // asking again.
+    p.earn(&ada, 900, "EUR").await;
+    p.approve().await;
+    p.fake.lose_answer_on("/v1/transfers");
+    let before = p.transfer_keys().len();
+    let run = p.run().await;
+    let id = run["payouts"][0]["payout_id"].as_str().unwrap().to_owned();
+    for _ in 0..100 {
+        if p.transfer_keys().len() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.srv.clock.advance(Duration::from_secs(25 * 3600));
+    p.settled().await;
+    let paid = p.payout(&id).await;
+    assert_eq!(paid["status"], "paid", "{paid}");
+    let made = p.fake.transfers();
+    assert_eq!(made.len(), 2);
+    assert_eq!(paid["transfer_id"], made[1]["id"]);
+    assert_eq!(
+        p.transfer_keys().len(),
+        before + 1,
+        "found, not asked again"
+    );
     p.srv.stop().await;
+}
+
+async fn a_refund_while_paid_applies_when_the_payout_is_reversed(engine: Engine) {
+    for clawback in [false, true] {
+        let mut p = Program::start(engine).await;
+        let (status, _) = p
+            .srv
+            .put(
+                "/v1/payouts/settings",
+                &p.srv.admin_key,
+                json!({"clawback_paid_refunds": clawback}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let ada = p.ready_partner("ada@example.com").await;
+        let refunded = p.earn(&ada, 1000, "EUR").await;
+        let kept = p.earn(&ada, 600, "EUR").await;
+        p.approve().await;
+        p.run().await;
+        p.settled().await;
+        // Half of the first order is refunded while it is paid.
+        let (status, _) = p
+            .srv
+            .post(
+                "/v1/events",
+                &p.srv.admin_key,
+                json!({"event_id": "refund-half", "type": "refund", "order_id": "order-1",
+                       "amount": 5000, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        // Then the money comes back: the transfer is reversed.
+        let mut transfer = p.fake.transfers()[0].clone();
+        transfer["reversed"] = json!(true);
+        let (status, _) = deliver(
+            &p.srv,
+            "/v1/stripe/webhook",
+            SECRET,
+            &event("evt_rev", "transfer.reversed", transfer),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        processed(&p.srv, "evt_rev").await;
+        // Unpaid again, the commission takes its refund itself, and nothing is clawed back.
+        let c = p.commission(&refunded).await;
+        assert_eq!(
+            (c["status"].as_str(), c["reversed_amount"].as_i64()),
+            (Some("approved"), Some(500)),
+            "{c}"
+        );
+        assert_eq!(p.commission(&kept).await["reversed_amount"], 0);
+        let books = p.books(&ada).await;
+        assert_eq!(
+            books["EUR"]["approved"],
+            500 + 600,
+            "clawback {clawback}: {books:?}"
+        );
+        assert_eq!(books["EUR"]["carried"], 0);
+        assert_eq!(books["EUR"]["clawed_back"], 0);
+        let again = p.run().await;
+        assert_eq!(again["payouts"][0]["amount"], 1100, "{again}");
+        p.settled().await;
+        p.books(&ada).await;
+        p.srv.stop().await;
+    }
 }
 
 async fn a_reversed_transfer_reverses_the_payout(engine: Engine) {

@@ -59,6 +59,9 @@ CREATE TABLE payouts (
     reference           TEXT,
     failure_code        TEXT,
     failure_message     TEXT,
+    -- When the transfer was first asked of Stripe: from then on the payout is never failed by
+    -- a check of its own, only by Stripe's definite refusal (ADR 12).
+    transfer_requested_at  BIGINT,
     created_at          BIGINT NOT NULL,
     updated_at          BIGINT NOT NULL,
     paid_at             BIGINT
@@ -78,14 +81,15 @@ CREATE INDEX commissions_payout ON commissions (tenant_id, payout_id)
     WHERE payout_id IS NOT NULL;
 
 -- A clawback: a refund of a paid commission (with `clawback_paid_refunds` on) takes `amount`
--- (negative) from the partner's next payouts. `payout_id` is the payout that absorbed it.
+-- (negative) from the partner's next payouts; a positive amount gives back what a clawback took
+-- when its commission turned out unpaid after all. `payout_id` is the payout that absorbed it.
 CREATE TABLE payout_adjustments (
     id             TEXT PRIMARY KEY,
     tenant_id      TEXT NOT NULL REFERENCES tenants (id),
     partner_id     TEXT NOT NULL REFERENCES partners (id),
     commission_id  TEXT NOT NULL REFERENCES commissions (id),
     currency       TEXT NOT NULL,
-    amount         BIGINT NOT NULL CHECK (amount < 0),
+    amount         BIGINT NOT NULL CHECK (amount <> 0),
     payout_id      TEXT REFERENCES payouts (id),
     created_at     BIGINT NOT NULL
 );

@@ -209,6 +209,7 @@ pub async fn refund_order(
         let unpaid = commission.payout_id.is_none();
         match (commission.status.as_str(), share) {
             ("pending" | "approved", RefundShare::Full) if unpaid => {
+                crate::payouts::undo_claw_back(tx, &commission, now).await?;
                 commission.status = "reversed".to_owned();
                 commission.reversed_at = Some(now);
                 commission.refunded_at = Some(now);
@@ -222,6 +223,7 @@ pub async fn refund_order(
                 if taken <= commission.reversed_amount {
                     continue;
                 }
+                crate::payouts::undo_claw_back(tx, &commission, now).await?;
                 commission.reversed_amount = taken;
                 commission.refunded_at = Some(now);
                 commission.updated_at = now;
@@ -323,10 +325,13 @@ pub async fn approve_matured(state: &AppState) -> anyhow::Result<usize> {
             let due = store::matured(&mut tx, &tenant, now, APPROVE_BATCH).await?;
             let count = due.len();
             for mut commission in due {
+                // Only what is still pending now: a refund may have reversed it since the read.
+                if !store::approve(&mut tx, &commission, now).await? {
+                    continue;
+                }
                 commission.status = "approved".to_owned();
                 commission.approved_at = Some(now);
                 commission.updated_at = now;
-                store::update_status(&mut tx, &commission).await?;
                 let approved = "commission.approved";
                 announce(state, &mut tx, &mut handoff, &commission, approved).await?;
             }

@@ -85,6 +85,20 @@ pub async fn update_status(tx: &mut Tx, c: &StoredCommission) -> sqlx::Result<()
     Ok(())
 }
 
+/// Approves a commission that is still pending; returns whether it was.
+pub async fn approve(tx: &mut Tx, c: &StoredCommission, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE commissions SET status = 'approved', approved_at = $1, updated_at = $1
+         WHERE tenant_id = $2 AND id = $3 AND status = 'pending'",
+    )
+    .bind(now)
+    .bind(&c.tenant_id)
+    .bind(&c.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn find(
     tx: &mut Tx,
     tenant_id: &str,

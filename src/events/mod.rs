@@ -93,6 +93,25 @@ pub struct AttributionResult {
     pub campaign_id: String,
 }
 
+/// Applies the refunds an order has had so far to its commissions again (a payout holding them
+/// failed, so they are unpaid after all and take their refunds themselves). Nothing when the
+/// order has had no refund.
+pub async fn reapply_refunds(
+    state: &AppState,
+    tx: &mut crate::db::Tx,
+    handoff: &mut job_queue::Handoff,
+    tenant_id: &str,
+    order_id: &str,
+) -> anyhow::Result<()> {
+    commissions::store::lock_order(tx, tenant_id, order_id).await?;
+    let (sold, refunds) = store::order_amounts(tx, tenant_id, order_id).await?;
+    if !refunds.is_empty() {
+        let share = commissions::RefundShare::of(sold, &refunds);
+        commissions::refund_order(state, tx, handoff, tenant_id, order_id, share).await?;
+    }
+    Ok(())
+}
+
 /// How an event was taken: newly (201) or as a repeat of its id (200).
 pub enum Taken {
     New(EventResult),

@@ -420,8 +420,12 @@ pub async fn refresh_link(
     let mut tx = state.db.read(tenant_id).await?;
     let account = store::account(&mut tx, tenant_id, partner_id).await?;
     let return_url = settings(&mut tx, tenant_id).await?.onboarding_return_url;
+    let status = crate::partners::store::status(&mut tx, tenant_id, partner_id).await?;
     tx.commit().await?;
-    let account = account.ok_or_else(|| Error::not_found("payout account"))?;
+    // A revoked partner's old links mint nothing.
+    let account = account
+        .filter(|_| status.as_deref() == Some("active"))
+        .ok_or_else(|| Error::not_found("payout account"))?;
     let key = stripe_key(state, tenant_id).await?;
     Ok(mint_link(state, &key, &account, return_url.as_deref())
         .await?
@@ -682,6 +686,7 @@ async fn make_payout(
         reference: None,
         failure_code: None,
         failure_message: None,
+        transfer_requested_at: None,
         created_at: now,
         updated_at: now,
         paid_at: None,
@@ -695,12 +700,12 @@ async fn make_payout(
     payout.commission_count = nets.len() as i64;
     payout.clawed_back = -absorbed;
     payout.amount = payout.commissions_amount + absorbed;
-    if payout.commission_count == 0 || payout.amount <= 0 || payout.amount < settings.payout_minimum
-    {
+    let nothing = payout.commission_count == 0 && absorbed == 0;
+    if nothing || payout.amount <= 0 || payout.amount < settings.payout_minimum {
         commissions::store::release(tx, &tenant, &id, now).await?;
         store::release_adjustments(tx, &tenant, &id).await?;
         store::delete_payout(tx, &tenant, &id).await?;
-        if payout.commission_count == 0 && absorbed == 0 {
+        if nothing {
             return Ok(Made::Nothing);
         }
         let reason = if payout.amount < settings.payout_minimum && payout.amount > 0 {
@@ -808,8 +813,14 @@ async fn run_every_tenant(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A payout's transfer: the account re-read (and its readiness stored), then
-/// `POST /v1/transfers` keyed by the payout.
+/// A Stripe idempotency key is kept for at least a day; a transfer first asked for longer ago
+/// than this is looked for before it is asked again.
+const KEY_KEPT_MS: i64 = 23 * 3600 * 1000;
+
+/// A payout's transfer. Before the transfer is first asked for, the account is re-read (its
+/// readiness stored) and a payout that cannot be paid fails at once. From then on a transfer
+/// may exist, so the payout fails only on Stripe's definite refusal of the keyed request, after
+/// looking for the transfer once more; everything else is retried with the same key.
 async fn transfer(state: &AppState, tenant_id: &str, payout_id: &str) -> anyhow::Result<Outcome> {
     let mut tx = state.db.read(tenant_id).await?;
     let payout = store::find_payout(&mut tx, tenant_id, payout_id).await?;
@@ -820,58 +831,71 @@ async fn transfer(state: &AppState, tenant_id: &str, payout_id: &str) -> anyhow:
     if payout.status != "pending" || payout.method != Method::StripeConnect.as_str() {
         return Ok(Outcome::Done);
     }
-    let failed = |code: &str, message: String| Failure {
+    let requested = payout.transfer_requested_at;
+    let refuse = |code: &str, message: String| Failure {
         code: code.to_owned(),
         message,
     };
     let key = match stripe_key(state, tenant_id).await {
         Ok(key) => key,
-        Err(Error::Conflict { code, detail }) => {
-            fail(state, tenant_id, payout_id, &failed(code, detail)).await?;
+        Err(Error::Conflict { code, detail }) if requested.is_none() => {
+            fail(state, tenant_id, payout_id, &refuse(code, detail)).await?;
             return Ok(Outcome::Done);
         }
-        Err(err) => return Err(anyhow::anyhow!("{err}")),
+        Err(err) => return Ok(Outcome::retry(format!("the payout transfer waits: {err}"))),
     };
     let Some(account) = payout.destination.clone() else {
-        let failure = failed(
+        let failure = refuse(
             "account_not_ready",
             "the partner has no payout account".into(),
         );
         fail(state, tenant_id, payout_id, &failure).await?;
         return Ok(Outcome::Done);
     };
-    match state
-        .stripe
-        .get(&key, &format!("/v1/accounts/{account}"))
-        .await
-    {
-        Ok(read) => {
-            let readiness = readiness(&read);
-            save_readiness(state, tenant_id, &account, &readiness).await?;
-            if readiness.status != "ready" {
-                let message = match &readiness.disabled_reason {
-                    Some(reason) => format!("the payout account is {}: {reason}", readiness.status),
-                    None => format!("the payout account is {}", readiness.status),
-                };
-                fail(
-                    state,
-                    tenant_id,
-                    payout_id,
-                    &failed("account_not_ready", message),
-                )
-                .await?;
-                return Ok(Outcome::Done);
+    match requested {
+        None => {
+            match state
+                .stripe
+                .get(&key, &format!("/v1/accounts/{account}"))
+                .await
+            {
+                Ok(read) => {
+                    let readiness = readiness(&read);
+                    save_readiness(state, tenant_id, &account, &readiness).await?;
+                    if readiness.status != "ready" {
+                        let message = match &readiness.disabled_reason {
+                            Some(why) => {
+                                format!("the payout account is {}: {why}", readiness.status)
+                            }
+                            None => format!("the payout account is {}", readiness.status),
+                        };
+                        let failure = refuse("account_not_ready", message);
+                        fail(state, tenant_id, payout_id, &failure).await?;
+                        return Ok(Outcome::Done);
+                    }
+                }
+                Err(err) if refused(&err) => {
+                    fail(state, tenant_id, payout_id, &Failure::of(&err)).await?;
+                    return Ok(Outcome::Done);
+                }
+                Err(err) => return Ok(retry(&err)),
+            }
+            let mut tx = state.db.write(tenant_id).await?;
+            store::mark_requested(&mut tx, tenant_id, payout_id, state.clock.now_ms()).await?;
+            tx.commit().await?;
+        }
+        Some(at) if state.clock.now_ms() - at > KEY_KEPT_MS => {
+            // Stripe may have forgotten the key: a transfer made then would not be replayed.
+            match find_transfer(state, &key, &payout).await {
+                Ok(Some(found)) => {
+                    paid(state, tenant_id, payout_id, Settled::Transfer(found)).await?;
+                    return Ok(Outcome::Done);
+                }
+                Ok(None) => {}
+                Err(err) => return Ok(retry(&err)),
             }
         }
-        Err(err) => {
-            return Ok(match err.retry() {
-                Some(after) => retry(after, &err),
-                None => {
-                    fail(state, tenant_id, payout_id, &Failure::of(&err)).await?;
-                    Outcome::Done
-                }
-            })
-        }
+        Some(_) => {}
     }
     let params = json!({
         "amount": payout.amount,
@@ -881,29 +905,78 @@ async fn transfer(state: &AppState, tenant_id: &str, payout_id: &str) -> anyhow:
         "metadata": {"payout_id": payout.id, "switchyard_partner_id": payout.partner_id},
     });
     let key_for_payout = format!("payout_{}", payout.id);
-    match state
+    let sent = state
         .stripe
         .post(&key, "/v1/transfers", &params, &key_for_payout, None)
-        .await
-    {
-        Ok(transfer) => {
-            let transfer_id = transfer["id"].as_str().unwrap_or_default().to_owned();
-            paid(state, tenant_id, payout_id, Settled::Transfer(transfer_id)).await?;
+        .await;
+    match sent {
+        Ok(transfer) => match transfer["id"].as_str().filter(|id| id.starts_with("tr_")) {
+            Some(id) => {
+                let how = Settled::Transfer(id.to_owned());
+                paid(state, tenant_id, payout_id, how).await?;
+                Ok(Outcome::Done)
+            }
+            None => Ok(Outcome::retry("Stripe's answer has no transfer id")),
+        },
+        Err(err) if refused(&err) => {
+            // An earlier request with this key may still have succeeded (Stripe does not keep a
+            // refusal for its key): look before failing.
+            match find_transfer(state, &key, &payout).await {
+                Ok(Some(found)) => {
+                    paid(state, tenant_id, payout_id, Settled::Transfer(found)).await?;
+                }
+                Ok(None) => fail(state, tenant_id, payout_id, &Failure::of(&err)).await?,
+                Err(lookup) => return Ok(retry(&lookup)),
+            }
             Ok(Outcome::Done)
         }
-        Err(err) => Ok(match err.retry() {
-            Some(after) => retry(after, &err),
-            None => {
-                fail(state, tenant_id, payout_id, &Failure::of(&err)).await?;
-                Outcome::Done
-            }
-        }),
+        Err(err) => Ok(retry(&err)),
     }
 }
 
-fn retry(after: Option<Duration>, err: &StripeError) -> Outcome {
+/// Whether Stripe refused for good: a 4xx other than a conflict or a rate limit, that
+/// `Stripe-Should-Retry` does not call retryable. Anything else may have been done, or may
+/// succeed when asked again.
+fn refused(err: &StripeError) -> bool {
+    matches!(err, StripeError::Api { status, .. }
+        if (400..500).contains(status) && *status != 409 && *status != 429)
+        && err.retry().is_none()
+}
+
+/// The transfer Stripe made for `payout`, if any: its run's transfer group, searched for the
+/// payout's id in the metadata.
+async fn find_transfer(
+    state: &AppState,
+    key: &str,
+    payout: &StoredPayout,
+) -> Result<Option<String>, StripeError> {
+    let mut after = String::new();
+    loop {
+        let mut path = format!(
+            "/v1/transfers?limit=100&transfer_group={}",
+            url::form_urlencoded::byte_serialize(payout.run_id.as_bytes()).collect::<String>()
+        );
+        if !after.is_empty() {
+            path.push_str(&format!("&starting_after={after}"));
+        }
+        let page = state.stripe.get(key, &path).await?;
+        let transfers = page["data"].as_array().cloned().unwrap_or_default();
+        if let Some(found) = transfers
+            .iter()
+            .find(|t| t["metadata"]["payout_id"].as_str() == Some(payout.id.as_str()))
+        {
+            return Ok(found["id"].as_str().map(str::to_owned));
+        }
+        match transfers.last().and_then(|t| t["id"].as_str()) {
+            Some(last) if page["has_more"].as_bool() == Some(true) => after = last.to_owned(),
+            _ => return Ok(None),
+        }
+    }
+}
+
+fn retry(err: &StripeError) -> Outcome {
     let error = format!("the payout transfer will be retried: {err}");
-    match after {
+    match err.retry().flatten() {
         Some(after) => Outcome::retry_after(after, error),
         None => Outcome::retry(error),
     }
@@ -994,6 +1067,16 @@ pub async fn paid(
         return Ok(None);
     };
     if payout.status != "pending" {
+        if let (Settled::Transfer(id), None) = (&how, &payout.transfer_id) {
+            // Stripe confirmed a transfer for a payout that was settled otherwise meanwhile
+            // (an overlapping run of its job): keep the transfer's id, and say so loudly.
+            tracing::error!(payout = %payout.id, transfer = %id, status = %payout.status,
+                "a transfer was confirmed for a payout that is no longer pending; reconcile it");
+            payout.transfer_id = Some(id.clone());
+            payout.updated_at = state.clock.now_ms();
+            store::save_outcome(&mut tx, &payout).await?;
+            tx.commit().await?;
+        }
         return Ok(Some(payout));
     }
     let now = state.clock.now_ms();
@@ -1043,8 +1126,8 @@ pub async fn fail(
     payout.failure_message = Some(failure.message.clone());
     payout.updated_at = now;
     store::save_outcome(&mut tx, &payout).await?;
-    let freed = free(&mut tx, tenant_id, payout_id, now).await?;
     let mut handoff = state.queue.handoff();
+    let freed = free(state, &mut tx, &mut handoff, tenant_id, payout_id).await?;
     announce(
         state,
         &mut tx,
@@ -1060,51 +1143,94 @@ pub async fn fail(
 }
 
 /// Frees a payout's commissions (approved again) and clawbacks; returns the commissions' ids.
+/// A commission refunded while the payout held it was counted as paid; free again, it takes
+/// its refund as any unpaid commission does (reversed, or its refunded share taken back).
 async fn free(
+    state: &AppState,
     tx: &mut Tx,
+    handoff: &mut Handoff,
     tenant_id: &str,
     payout_id: &str,
-    now: i64,
-) -> sqlx::Result<Vec<String>> {
-    let freed: Vec<String> = commissions::store::of_payout(tx, tenant_id, payout_id)
-        .await?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    commissions::store::release(tx, tenant_id, payout_id, now).await?;
+) -> anyhow::Result<Vec<String>> {
+    let held = commissions::store::of_payout(tx, tenant_id, payout_id).await?;
+    commissions::store::release(tx, tenant_id, payout_id, state.clock.now_ms()).await?;
     store::release_adjustments(tx, tenant_id, payout_id).await?;
-    Ok(freed)
+    let refunded: std::collections::BTreeSet<&str> = held
+        .iter()
+        .filter(|c| c.refunded_at.is_some())
+        .map(|c| c.order_id.as_str())
+        .collect();
+    for order in refunded {
+        crate::events::reapply_refunds(state, tx, handoff, tenant_id, order).await?;
+    }
+    Ok(held.into_iter().map(|c| c.id).collect())
+}
+
+/// Gives back what was clawed back of `commission`, which turned out unpaid (its payout failed
+/// or was reversed) and now takes its refund itself: open clawbacks are dropped, and what a
+/// payout already held back is credited to the partner's next payout.
+pub async fn undo_claw_back(
+    tx: &mut Tx,
+    commission: &StoredCommission,
+    now: i64,
+) -> sqlx::Result<()> {
+    let tenant = &commission.tenant_id;
+    let held_back = store::drop_open_adjustments(tx, tenant, &commission.id).await?;
+    if held_back > 0 {
+        let credit = store::NewAdjustment {
+            id: &ids::new("adj"),
+            tenant_id: tenant,
+            partner_id: &commission.partner_id,
+            commission_id: &commission.id,
+            currency: &commission.currency,
+            amount: held_back,
+            created_at: now,
+        };
+        store::insert_adjustment(tx, &credit).await?;
+    }
+    Ok(())
 }
 
 /// `transfer.reversed`: a fully reversed transfer reverses its paid payout, whose commissions
-/// are approved again (`payout.reversed`). Returns what became of it, for the event's outcome.
+/// are approved again (`payout.reversed`). Returns what became of it, for the event's outcome;
+/// `None` while its payout is still pending (Stripe's event overtook the transfer's answer).
 pub async fn transfer_reversed(
     state: &AppState,
     tenant_id: &str,
     transfer: &Value,
-) -> anyhow::Result<&'static str> {
+) -> anyhow::Result<Option<&'static str>> {
     let Some(transfer_id) = transfer["id"].as_str() else {
-        return Ok("no_transfer");
+        return Ok(Some("no_transfer"));
     };
     let mut tx = state.db.write(tenant_id).await?;
-    let Some(payout_id) = store::payout_of_transfer(&mut tx, tenant_id, transfer_id).await? else {
-        return Ok("unknown_transfer");
+    let by_transfer = store::payout_of_transfer(&mut tx, tenant_id, transfer_id).await?;
+    let payout_id = by_transfer.or_else(|| {
+        transfer["metadata"]["payout_id"]
+            .as_str()
+            .filter(|id| ids::is_valid("pay", id))
+            .map(str::to_owned)
+    });
+    let Some(payout_id) = payout_id else {
+        return Ok(Some("unknown_transfer"));
     };
     let Some(mut payout) = store::lock_payout(&mut tx, tenant_id, &payout_id).await? else {
-        return Ok("unknown_transfer");
+        return Ok(Some("unknown_transfer"));
     };
     if transfer["reversed"].as_bool() != Some(true) {
-        return Ok("partially_reversed");
+        return Ok(Some("partially_reversed"));
     }
-    if payout.status != "paid" {
-        return Ok("already_reversed");
+    match payout.status.as_str() {
+        "pending" => return Ok(None),
+        "paid" if payout.transfer_id.as_deref() == Some(transfer_id) => {}
+        "paid" => return Ok(Some("unknown_transfer")),
+        _ => return Ok(Some("already_reversed")),
     }
     let now = state.clock.now_ms();
     payout.status = "reversed".to_owned();
     payout.updated_at = now;
     store::save_outcome(&mut tx, &payout).await?;
-    let freed = free(&mut tx, tenant_id, &payout_id, now).await?;
     let mut handoff = state.queue.handoff();
+    let freed = free(state, &mut tx, &mut handoff, tenant_id, &payout_id).await?;
     announce(
         state,
         &mut tx,
@@ -1116,7 +1242,7 @@ pub async fn transfer_reversed(
     .await?;
     tx.commit().await?;
     handoff.start();
-    Ok("payout_reversed")
+    Ok(Some("payout_reversed"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1137,7 +1263,7 @@ pub struct CurrencyBalance {
     pub approved: i64,
     /// Pending payouts: on their way.
     pub in_payouts: i64,
-    /// Clawbacks no payout absorbed yet (zero or negative): the next payouts subtract them.
+    /// Clawbacks (negative) and credits no payout absorbed yet: the next payouts count them.
     pub carried: i64,
     /// Paid payouts.
     pub paid: i64,

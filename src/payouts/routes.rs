@@ -624,7 +624,7 @@ async fn mark_paid(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
-    /// The run to export; default: every pending payout.
+    /// The run to export; default: every pending manual payout.
     pub run_id: Option<String>,
 }
 
@@ -654,7 +654,7 @@ async fn export_csv(
                 })?;
             store::payouts_of_run(&mut tx, tenant, run).await?
         }
-        None => store::pending_payouts(&mut tx, tenant).await?,
+        None => store::pending_manual_payouts(&mut tx, tenant).await?,
     };
     let mut csv = String::from(
         "payout_id,run_id,partner_id,partner_name,partner_email,amount,amount_minor,currency,\

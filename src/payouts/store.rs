@@ -227,6 +227,8 @@ pub struct StoredPayout {
     pub reference: Option<String>,
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
+    /// When the transfer was first asked of Stripe.
+    pub transfer_requested_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub paid_at: Option<i64>,
@@ -234,13 +236,14 @@ pub struct StoredPayout {
 
 const PAYOUT_COLUMNS: &str = "id, tenant_id, run_id, partner_id, currency, amount, \
     commissions_amount, clawed_back, commission_count, method, status, destination, transfer_id, \
-    reference, failure_code, failure_message, created_at, updated_at, paid_at";
+    reference, failure_code, failure_message, created_at, updated_at, paid_at, \
+    transfer_requested_at";
 
 pub async fn insert_payout(tx: &mut Tx, p: &StoredPayout) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO payouts ({PAYOUT_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19)"
+                 $19, $20)"
     );
     sqlx::query(&sql)
         .bind(&p.id)
@@ -262,8 +265,23 @@ pub async fn insert_payout(tx: &mut Tx, p: &StoredPayout) -> sqlx::Result<()> {
         .bind(p.created_at)
         .bind(p.updated_at)
         .bind(p.paid_at)
+        .bind(p.transfer_requested_at)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Records that the payout's transfer is being asked of Stripe, once.
+pub async fn mark_requested(tx: &mut Tx, tenant_id: &str, id: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE payouts SET transfer_requested_at = $1
+         WHERE tenant_id = $2 AND id = $3 AND transfer_requested_at IS NULL",
+    )
+    .bind(now)
+    .bind(tenant_id)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -453,6 +471,24 @@ pub async fn release_adjustments(
     Ok(())
 }
 
+/// Deletes the clawbacks of a commission that no payout absorbed; returns what the absorbed
+/// ones still take (a positive amount: what a payout has already held back for it).
+pub async fn drop_open_adjustments(
+    tx: &mut Tx,
+    tenant_id: &str,
+    commission_id: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query(
+        "DELETE FROM payout_adjustments
+         WHERE tenant_id = $1 AND commission_id = $2 AND payout_id IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(commission_id)
+    .execute(&mut **tx)
+    .await?;
+    clawed_back_of(tx, tenant_id, commission_id).await
+}
+
 /// What was clawed back of one commission so far (a positive amount).
 pub async fn clawed_back_of(
     tx: &mut Tx,
@@ -546,10 +582,15 @@ pub async fn delete_payout(tx: &mut Tx, tenant_id: &str, id: &str) -> sqlx::Resu
     Ok(())
 }
 
-/// Every pending payout, oldest first (the CSV export without a run).
-pub async fn pending_payouts(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Vec<StoredPayout>> {
+/// Every pending manual payout, oldest first (the CSV export without a run): Connect payouts
+/// are paid by their transfers, never by hand.
+pub async fn pending_manual_payouts(
+    tx: &mut Tx,
+    tenant_id: &str,
+) -> sqlx::Result<Vec<StoredPayout>> {
     let sql = format!(
-        "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE tenant_id = $1 AND status = 'pending'
+        "SELECT {PAYOUT_COLUMNS} FROM payouts
+         WHERE tenant_id = $1 AND status = 'pending' AND method = 'manual'
          ORDER BY created_at, id"
     );
     sqlx::query_as(&sql)

@@ -54,7 +54,8 @@ pub use store::StoredEvent;
 
 /// The job that turns a stored event into what it means.
 pub const PROCESS: &str = "stripe.process";
-/// How long an `invoice.paid` waits for its customer to become known.
+/// How long an `invoice.paid` waits for its customer to become known (and a
+/// `transfer.reversed` for its payout to be recorded paid).
 const WAIT_FOR_CUSTOMER_MS: i64 = 3600 * 1000;
 /// Most signing secrets of one kind a tenant may configure (Stripe rolls keep two at once).
 pub const MAX_SECRETS: usize = 10;
@@ -474,8 +475,14 @@ async fn process(state: &AppState, tenant_id: &str, event_id: &str) -> anyhow::R
             Step::Resolved(Resolution::recorded(reason))
         }
         "transfer.reversed" => {
-            let became = crate::payouts::transfer_reversed(state, tenant_id, object).await?;
-            Step::Resolved(Resolution::recorded(became))
+            match crate::payouts::transfer_reversed(state, tenant_id, object).await? {
+                Some(became) => Step::Resolved(Resolution::recorded(became)),
+                // The transfer's answer has not been recorded yet: wait for it, a while.
+                None if state.clock.now_ms() - event.received_at < WAIT_FOR_CUSTOMER_MS => {
+                    Step::Wait(Duration::from_secs(30))
+                }
+                None => Step::Resolved(Resolution::recorded("payout_not_paid")),
+            }
         }
         _ => Step::Resolved(Resolution::new(
             "ignored",

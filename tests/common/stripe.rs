@@ -120,9 +120,12 @@ impl StripeRequest {
     }
 }
 
-/// An answer queued for the next request (to a path starting with `prefix`, when given).
+/// An answer queued for the next request (to a path starting with `prefix`, when given). A
+/// lost answer is given after the request was carried out, as when Stripe did the work and
+/// the answer never arrived.
 struct Queued {
     prefix: Option<String>,
+    lost: bool,
     status: u16,
     headers: Vec<(String, String)>,
     body: Value,
@@ -237,6 +240,19 @@ impl Ledger {
                     "identifier": form_value(form, "identifier"),
                 }),
             ),
+            ("GET", "/v1/transfers") => {
+                let group = form_value(form, "transfer_group");
+                let data: Vec<Value> = self
+                    .transfers
+                    .iter()
+                    .filter(|t| group.is_none_or(|g| t["transfer_group"] == g))
+                    .cloned()
+                    .collect();
+                (
+                    200,
+                    json!({"object": "list", "data": data, "has_more": false, "url": "/v1/transfers"}),
+                )
+            }
             ("GET", path) if path.starts_with("/v1/accounts/") => {
                 let id = &path["/v1/accounts/".len()..];
                 match self.accounts.get(id) {
@@ -283,7 +299,14 @@ impl FakeStripe {
                         authorization: header("authorization"),
                         idempotency_key: header("idempotency-key"),
                         content_type: header("content-type"),
-                        form: url::form_urlencoded::parse(&body).into_owned().collect(),
+                        // A GET's parameters are in its query, a POST's in its body.
+                        form: url::form_urlencoded::parse(if method == axum::http::Method::GET {
+                            uri.query().unwrap_or_default().as_bytes()
+                        } else {
+                            &body
+                        })
+                        .into_owned()
+                        .collect(),
                         at: std::time::Instant::now(),
                     };
                     // The answer is decided at once, under the lock (as Stripe commits a
@@ -295,7 +318,7 @@ impl FakeStripe {
                         let queued = ledger.queued.iter().position(|q| {
                             q.prefix.as_deref().is_none_or(|p| request.path.starts_with(p))
                         });
-                        if let Some(at) = queued {
+                        if let Some(at) = queued.filter(|at| !ledger.queued[*at].lost) {
                             let q = ledger.queued.remove(at).unwrap();
                             (q.status, q.headers, q.body, delay)
                         } else if let Some((form, status, body)) = request
@@ -318,7 +341,13 @@ impl FakeStripe {
                             if let (Some(key), "POST") = (&request.idempotency_key, request.method.as_str()) {
                                 ledger.keyed.insert(key.clone(), (request.form.clone(), status, body.clone()));
                             }
-                            (status, Vec::new(), body, delay)
+                            match queued {
+                                Some(at) => {
+                                    let q = ledger.queued.remove(at).unwrap();
+                                    (q.status, q.headers, q.body, delay)
+                                }
+                                None => (status, Vec::new(), body, delay),
+                            }
                         }
                     };
                     if !delay.is_zero() {
@@ -344,9 +373,17 @@ impl FakeStripe {
         FakeStripe { url, ledger }
     }
 
-    fn queue(&self, prefix: Option<&str>, status: u16, headers: &[(&str, &str)], body: Value) {
+    fn queue(
+        &self,
+        prefix: Option<&str>,
+        lost: bool,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) {
         self.ledger.lock().unwrap().queued.push_back(Queued {
             prefix: prefix.map(str::to_owned),
+            lost,
             status,
             headers: headers
                 .iter()
@@ -358,12 +395,19 @@ impl FakeStripe {
 
     /// Queues an answer for the next request.
     pub fn answer(&self, status: u16, headers: &[(&str, &str)], body: Value) {
-        self.queue(None, status, headers, body);
+        self.queue(None, false, status, headers, body);
     }
 
     /// Queues an answer for the next request to a path starting with `prefix`.
     pub fn answer_on(&self, prefix: &str, status: u16, headers: &[(&str, &str)], body: Value) {
-        self.queue(Some(prefix), status, headers, body);
+        self.queue(Some(prefix), false, status, headers, body);
+    }
+
+    /// The next request to a path starting with `prefix` is carried out, but answered with a
+    /// 500 instead of its result.
+    pub fn lose_answer_on(&self, prefix: &str) {
+        let body = json!({"error": {"type": "api_error", "message": "An unknown error occurred"}});
+        self.queue(Some(prefix), true, 500, &[], body);
     }
 
     /// Answers every request `delay` after deciding it.
