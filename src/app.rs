@@ -228,6 +228,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let periodic = crate::http::idempotency::schedule(periodic)?;
     let periodic = crate::stripe::meters::schedule(periodic, &state)?;
     let periodic = crate::payouts::schedule(periodic, &state)?;
+    let periodic = crate::network::schedule(periodic)?;
     let mut periodic_stopped = stopped.clone();
     tokio::spawn(periodic.run(PERIODIC_TICK, async move {
         let _ = periodic_stopped.changed().await;
@@ -241,6 +242,7 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
     let worker = crate::stripe::register(worker, state.clone());
     let worker = crate::stripe::meters::register(worker, state.clone());
     let worker = crate::payouts::register(worker, state.clone());
+    let worker = crate::network::register(worker, state.clone());
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.changed().await;
     }));

@@ -19,6 +19,7 @@ pub mod identities;
 pub mod ids;
 pub mod keys;
 pub mod links;
+pub mod network;
 pub mod outbound;
 pub mod outbox;
 pub mod partners;

@@ -153,7 +153,12 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("partners:read"),
         200,
     ),
-    ("POST", "/v1/partners/{id}/links", Needs::Admin, 201),
+    (
+        "POST",
+        "/v1/partners/{id}/links",
+        Needs::Scope("partners:write"),
+        201,
+    ),
     (
         "GET",
         "/v1/partners/{id}/links",
@@ -291,6 +296,32 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
     ),
     ("POST", "/v1/payouts/{id}/mark-paid", Needs::Admin, 404),
     ("GET", "/v1/payout-runs", Needs::Scope("payouts:read"), 200),
+    // Not connected in the test server: allowed callers get the state, or learn that.
+    ("GET", "/v1/network", Needs::Admin, 200),
+    ("PATCH", "/v1/network", Needs::Admin, 404),
+    ("DELETE", "/v1/network", Needs::Admin, 404),
+    // Nothing listens on the Network URL given (port 9 on loopback): the signup cannot reach it,
+    // and the pending connection it leaves cannot be completed either.
+    ("POST", "/v1/network/connect", Needs::Admin, 503),
+    ("POST", "/v1/network/connect/complete", Needs::Admin, 503),
+    ("POST", "/v1/network/backfill", Needs::Admin, 409),
+    ("GET", "/v1/network/offerings", Needs::Admin, 409),
+    ("POST", "/v1/network/offerings", Needs::Admin, 409),
+    ("PATCH", "/v1/network/offerings/{id}", Needs::Admin, 409),
+    ("DELETE", "/v1/network/offerings/{id}", Needs::Admin, 409),
+    ("GET", "/v1/network/requests", Needs::Admin, 409),
+    (
+        "POST",
+        "/v1/network/requests/{id}/approve",
+        Needs::Admin,
+        409,
+    ),
+    (
+        "POST",
+        "/v1/network/requests/{id}/reject",
+        Needs::Admin,
+        409,
+    ),
 ];
 
 enum Caller {
@@ -374,6 +405,8 @@ async fn target(srv: &TestServer, path: &str, n: usize, campaign: &str) -> Strin
         link["key"].as_str().unwrap().to_owned()
     } else if path.starts_with("/v1/stripe/events/") {
         "evt_none".to_owned()
+    } else if path.starts_with("/v1/network/") {
+        "off_1".to_owned()
     } else if path.starts_with("/v1/payouts/") {
         "pay_01J00000000000000000000000".to_owned()
     } else if path.starts_with("/v1/payout-onboarding/") {
@@ -427,6 +460,10 @@ fn body(method: &str, path: &str, n: usize, campaign: &str) -> Option<Value> {
         ("POST", p) if p.ends_with("/mark-paid") => Some(json!({"reference": "wire 1"})),
         ("POST", "/v1/api-keys") => Some(json!({"name": "minted", "scopes": ["events:write"]})),
         ("POST", "/v1/webhooks") => Some(json!({"url": format!("http://127.0.0.1:9/new/{n}")})),
+        ("POST", "/v1/network/connect") => Some(json!({"network_url": "http://127.0.0.1:9",
+            "contact_email": "ops@example.com", "display_name": "Acme"})),
+        ("POST", "/v1/network/connect/complete") => Some(json!({"token": "otk_1"})),
+        ("PATCH", "/v1/network") => Some(json!({"auto_enroll": false})),
         ("PATCH", _) => Some(json!({"description": "changed"})),
         ("POST", _) => Some(json!({})),
         _ => None,

@@ -652,6 +652,27 @@ impl Queue {
         Ok(replayed.rows_affected() == 1)
     }
 
+    /// How many jobs whose dedupe key starts with `prefix` are waiting (available or running)
+    /// and dead: one owner's share of a kind, when its keys name the owner.
+    pub async fn count_by_dedupe_prefix(&self, prefix: &str) -> Result<(i64, i64), Error> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let (waiting, dead): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN state IN ('available', 'running') THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0)
+             FROM jobs WHERE dedupe_key LIKE $1 ESCAPE '\\'",
+        )
+        .bind(pattern)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((waiting, dead))
+    }
+
     /// Counts by queue, kind and state, and the age of the oldest due job per kind.
     pub async fn stats(&self) -> Result<Stats, Error> {
         let now = self.now();

@@ -127,6 +127,16 @@ pub enum Error {
     /// A service this request needed (Stripe) refused it or could not be reached: 502.
     #[error("{detail}")]
     Upstream { code: &'static str, detail: String },
+    /// A service this request needed could not be reached at all: 503.
+    #[error("{detail}")]
+    Unreachable { code: &'static str, detail: String },
+    /// A service's error status, passed on as it is (a proxied call).
+    #[error("{detail}")]
+    Passed {
+        status: u16,
+        code: &'static str,
+        detail: String,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -163,6 +173,11 @@ impl Error {
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Upstream { code, .. } => (StatusCode::BAD_GATEWAY, code),
+            Self::Unreachable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            Self::Passed { status, code, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code,
+            ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

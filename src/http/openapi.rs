@@ -38,6 +38,7 @@ use crate::app::AppState;
         (name = "webhooks", description = "Webhook endpoints (REST hooks) and their deliveries"),
         (name = "stripe", description = "Stripe in: settings, the signed webhook, stored events"),
         (name = "payouts", description = "Payouts: Connect accounts, runs, transfers, balances"),
+        (name = "network", description = "The partner Network: connect, outbox, backfill, proxied pages"),
         (name = "operations", description = "Health, readiness, metrics and the job queue"),
     )
 )]
@@ -77,6 +78,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(crate::webhooks::deliveries::router())
         .merge(crate::stripe::routes::router())
         .merge(crate::payouts::routes::router())
+        .merge(crate::network::routes::router())
 }
 
 /// The API's routes and its document, with what no single route declares: the optional

@@ -78,8 +78,8 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Create a share link (admin, or the partner's own key). The partner joins the campaign with
-/// its first link, with the campaign's terms as they are now.
+/// Create a share link (`partners:write`, or the partner's own key). The partner joins the
+/// campaign with its first link, with the campaign's terms as they are now.
 #[utoipa::path(post, path = "/v1/partners/{id}/links", tag = "links", request_body = CreateLink,
     params(("id" = String, Path, description = "Partner id, `ptr_...`")),
     responses(
@@ -96,7 +96,7 @@ async fn create_link(
     Path(id): Path<String>,
     Json(body): Json<CreateLink>,
 ) -> Result<(StatusCode, axum::Json<Link>)> {
-    authorize(&principal, None, true, &id)?;
+    authorize(&principal, Some(Scope::PartnersWrite), true, &id)?;
     if body.key.is_some() && state.config.tenancy == Tenancy::Multi {
         return Err(Error::invalid(
             "key",

@@ -61,7 +61,10 @@ pub struct Partner {
     /// `direct` or `network`.
     pub source: String,
     pub network_partner_id: Option<String>,
-    /// An admin's amendment, which overrides every campaign's terms for this partner.
+    /// The partner's creator id on the partner Network, once the Network has it.
+    pub network_creator_id: Option<String>,
+    /// An admin's amendment (or the terms agreed on the Network), which overrides every
+    /// campaign's terms for this partner.
     pub commission_terms: Option<CommissionRule>,
     pub revoked_at: Option<String>,
     pub revoked_reason: Option<String>,
@@ -98,6 +101,7 @@ impl From<StoredPartner> for Partner {
             status: p.status,
             source: p.source,
             network_partner_id: p.network_partner_id,
+            network_creator_id: p.network_creator_id,
             revoked_reason: p.revoked_reason,
         }
     }
@@ -141,6 +145,9 @@ pub struct CreatePartner {
     pub source: Option<String>,
     /// The partner's id in the Network; required with `source: network`.
     pub network_partner_id: Option<String>,
+    /// The partner's commission terms, overriding every campaign's: the terms agreed on the
+    /// Network (with `source: network`), or an admin's. Other callers cannot set them.
+    pub commission: Option<CommissionInput>,
 }
 
 fn check_email(email: &str, errors: &mut Vec<FieldError>) -> String {
@@ -214,6 +221,17 @@ async fn create_partner(
         )),
         _ => errors.push(FieldError::new("source", "must be direct or network")),
     }
+    let terms = match &body.commission {
+        Some(_) if source != "network" && principal.kind != crate::keys::KeyKind::Admin => {
+            errors.push(FieldError::new(
+                "commission",
+                "only partners from the Network, or an admin, set terms at creation",
+            ));
+            None
+        }
+        Some(input) => input.validate("commission", &mut errors),
+        None => None,
+    };
     validated(errors)?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
@@ -233,6 +251,7 @@ async fn create_partner(
         metadata,
         status: "active".to_owned(),
         source,
+        network_creator_id: body.network_partner_id.clone(),
         network_partner_id: body.network_partner_id,
         terms_type: None,
         terms_bps: None,
@@ -243,9 +262,12 @@ async fn create_partner(
         created_at: now,
         updated_at: now,
     };
+    let mut partner = partner;
+    partner.set_amendment(terms.as_ref());
     store::insert(&mut tx, &partner)
         .await
         .map_err(email_taken)?;
+    crate::network::enqueue_upsert(&mut tx, &mut handoff, &partner, true).await?;
     identities::bind_member(
         &mut tx,
         tenant,
@@ -545,6 +567,8 @@ async fn change_status(
         store::update(&mut tx, &partner)
             .await
             .map_err(email_taken)?;
+        // Mirrored whatever `auto_enroll` says: a revoked partner must stop being matched.
+        crate::network::enqueue_upsert(&mut tx, &mut handoff, &partner, false).await?;
         let entry = HistoryEntry {
             action: if revoking { "revoked" } else { "reinstated" }.to_owned(),
             reason,

@@ -17,6 +17,8 @@ pub struct StoredPartner {
     pub status: String,
     pub source: String,
     pub network_partner_id: Option<String>,
+    /// The partner's creator id on the Network, once the Network has it.
+    pub network_creator_id: Option<String>,
     pub terms_type: Option<String>,
     pub terms_bps: Option<i64>,
     pub terms_amount: Option<i64>,
@@ -52,7 +54,7 @@ impl StoredPartner {
 
 const COLUMNS: &str = "id, tenant_id, email, name, phone, metadata, status, source, \
     network_partner_id, terms_type, terms_bps, terms_amount, terms_currency, revoked_at, \
-    revoked_reason, created_at, updated_at";
+    revoked_reason, created_at, updated_at, network_creator_id";
 
 /// Why a partner could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +80,8 @@ fn email_taken(err: sqlx::Error) -> WriteError {
 pub async fn insert(tx: &mut Tx, p: &StoredPartner) -> Result<(), WriteError> {
     let sql = format!(
         "INSERT INTO partners ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18)"
     );
     sqlx::query(&sql)
         .bind(&p.id)
@@ -98,10 +101,45 @@ pub async fn insert(tx: &mut Tx, p: &StoredPartner) -> Result<(), WriteError> {
         .bind(&p.revoked_reason)
         .bind(p.created_at)
         .bind(p.updated_at)
+        .bind(&p.network_creator_id)
         .execute(&mut **tx)
         .await
         .map_err(email_taken)?;
     Ok(())
+}
+
+/// Stamps the creator id the Network gave the partner.
+pub async fn set_network_creator_id(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+    creator_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE partners SET network_creator_id = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(creator_id)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Up to `limit` partners with ids after `after`, by id (a walk over every partner).
+pub async fn page_by_id(
+    tx: &mut Tx,
+    tenant_id: &str,
+    after: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredPartner>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM partners WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 pub async fn update(tx: &mut Tx, p: &StoredPartner) -> Result<(), WriteError> {

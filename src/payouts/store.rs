@@ -598,3 +598,25 @@ pub async fn pending_manual_payouts(
         .fetch_all(&mut **tx)
         .await
 }
+
+/// What partners from the Network were paid with `paid_at` in `(since, until]`, per currency.
+pub async fn paid_to_network(
+    tx: &mut Tx,
+    tenant_id: &str,
+    since: i64,
+    until: i64,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT p.currency, CAST(SUM(p.amount) AS BIGINT) FROM payouts p
+         JOIN partners r ON r.tenant_id = p.tenant_id AND r.id = p.partner_id
+         WHERE p.tenant_id = $1 AND p.status = 'paid' AND r.source = 'network'
+           AND p.paid_at > $2 AND p.paid_at <= $3
+         GROUP BY p.currency
+         ORDER BY p.currency",
+    )
+    .bind(tenant_id)
+    .bind(since)
+    .bind(until)
+    .fetch_all(&mut **tx)
+    .await
+}

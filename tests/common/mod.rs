@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod network;
 pub mod process;
 pub mod receiver;
 pub mod stripe;
