@@ -78,6 +78,20 @@ async fn upsert_jobs(srv: &TestServer) -> Vec<(String, String, i64, i64)> {
     rows
 }
 
+/// Waits until no upsert is running or untried: each is done, or failed and waits to retry.
+async fn quiet(srv: &TestServer) {
+    for _ in 0..300 {
+        let jobs = upsert_jobs(srv).await;
+        if jobs.iter().all(|(_, state, attempt, _)| {
+            state == "done" || (state == "available" && *attempt >= 1)
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the upserts never settled: {:?}", upsert_jobs(srv).await);
+}
+
 /// Waits until `count` upserts have had their first attempt and wait for their retry.
 async fn retrying(srv: &TestServer, count: usize) -> Vec<(String, String, i64, i64)> {
     for _ in 0..300 {
@@ -178,11 +192,17 @@ async fn connecting_keeps_the_vendor_token_on_the_server(engine: Engine) {
     db.close().await;
     assert!(sealed.starts_with("v1:") && !sealed.contains(&vendor_token));
 
-    // Calls made with it: the heartbeat.
+    // Calls made with it: the heartbeat, as the periodic job runs it (every tenant visited,
+    // each connection read in its tenant's scope).
     let state = &srv.running.as_ref().unwrap().state;
-    switchyard::network::heartbeat(state, &srv.tenant_id)
-        .await
-        .unwrap();
+    let job = job_queue::NewJob::new(switchyard::network::HEARTBEAT, json!({}));
+    state.queue.enqueue(job).await.unwrap();
+    for _ in 0..200 {
+        if fake.heartbeats() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(fake.heartbeats(), 1);
     let beat = fake.requests().into_iter().last().unwrap();
     assert_eq!(beat.path, "/vendors/me/heartbeat");
@@ -262,6 +282,42 @@ async fn partners_are_mirrored_as_auto_enroll_says_and_revocations_always(engine
         .await;
     assert_eq!(status, StatusCode::OK);
     arrived(&fake, ada_id, "revoked").await;
+
+    // A revocation queued during an outage, then an edit: the edit does not hide the
+    // revocation, it travels with it.
+    fake.set_down(true);
+    let lin = srv.partner("lin@example.com").await;
+    let lin_id = lin["id"].as_str().unwrap().to_owned();
+    srv.clock.advance(Duration::from_secs(1));
+    let (status, _) = srv
+        .post(
+            &format!("/v1/partners/{lin_id}/revoke"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    srv.clock.advance(Duration::from_secs(1));
+    let (status, _) = srv
+        .patch(
+            &format!("/v1/partners/{lin_id}"),
+            &srv.admin_key,
+            json!({"name": "Lin W."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    fake.set_down(false);
+    let mut applied = None;
+    for _ in 0..100 {
+        srv.clock.advance(Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        applied = fake.partner(&lin_id).filter(|p| p["name"] == "Lin W.");
+        if applied.is_some() {
+            break;
+        }
+    }
+    let applied = applied.expect("the edited revocation arrived");
+    assert_eq!(applied["status"], "revoked");
     srv.stop().await;
 }
 
@@ -297,13 +353,24 @@ async fn an_outage_loses_nothing_and_the_newest_state_wins(engine: Engine) {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    assert_eq!(network(&srv).await["outbox_depth"], 3);
-    retrying(&srv, 3).await;
+    // Each change waits for its retry, unless a newer one superseded it already.
+    let depth = network(&srv).await["outbox_depth"].as_i64().unwrap();
+    assert!((1..=3).contains(&depth), "{depth}");
+    quiet(&srv).await;
 
     // Back up: the retries run, the superseded ones send nothing, the newest state arrives.
     fake.set_down(false);
-    srv.clock.advance(Duration::from_secs(15));
-    let applied = arrived(&fake, &ada_id, "active").await;
+    let mut applied = None;
+    for _ in 0..100 {
+        srv.clock.advance(Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        applied = fake.partner(&ada_id);
+        if applied.is_some() {
+            break;
+        }
+    }
+    let applied = applied.expect("the newest state arrived");
+    assert_eq!(applied["status"], "active");
     for _ in 0..200 {
         if network(&srv).await["outbox_depth"] == 0 {
             break;
@@ -434,23 +501,35 @@ async fn network_partners_earn_at_their_terms_and_their_payouts_are_reported(eng
         .collect();
     assert_eq!(approved.len(), 1);
     assert_eq!(approved[0]["partner_id"], id);
-    // A key that is not the Network's cannot set terms at creation.
     let (_, crm) = srv
         .mint(json!({"name": "crm", "scopes": ["partners:write"]}))
         .await;
+    // A key that is not the Network's cannot set terms at creation, whatever source it
+    // claims, nor make links.
+    for source in ["direct", "network"] {
+        let refused = srv
+            .post(
+                "/v1/partners",
+                &crm,
+                json!({"email": "x@example.com", "name": "X", "source": source,
+                       "network_partner_id": (source == "network").then_some("cr_x"),
+                       "commission": {"type": "percent", "bps": 9000}}),
+            )
+            .await;
+        assert_problem(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
     let refused = srv
         .post(
-            "/v1/partners",
+            &format!("/v1/partners/{id}/links"),
             &crm,
-            json!({"email": "x@example.com", "name": "X",
-                   "commission": {"type": "percent", "bps": 9000}}),
+            json!({"campaign_id": campaign["id"]}),
         )
         .await;
-    assert_problem(
-        &refused,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
+    assert_problem(&refused, StatusCode::FORBIDDEN, "forbidden_scope");
     let (status, link) = srv
         .post(
             &format!("/v1/partners/{id}/links"),
@@ -531,12 +610,16 @@ async fn network_partners_earn_at_their_terms_and_their_payouts_are_reported(eng
         "not advanced"
     );
     fake.refuse_reports(false);
-    let sent = switchyard::network::report_payouts(state, &srv.tenant_id, until)
+    // The retry, an hour later, sends the window that failed, unchanged.
+    srv.clock.advance(Duration::from_secs(3600));
+    let later = srv.clock.now_ms();
+    let sent = switchyard::network::report_payouts(state, &srv.tenant_id, later)
         .await
         .unwrap();
     assert_eq!(sent.len(), 1);
     let reports = fake.reports();
     assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["until"], switchyard::clock::rfc3339(until));
     assert_eq!(
         (
             reports[0]["amount"].as_i64(),

@@ -153,12 +153,8 @@ const ROUTES: &[(&str, &str, Needs, u16)] = &[
         Needs::Scope("partners:read"),
         200,
     ),
-    (
-        "POST",
-        "/v1/partners/{id}/links",
-        Needs::Scope("partners:write"),
-        201,
-    ),
+    // And the partner Network's federation key (tests/network.rs).
+    ("POST", "/v1/partners/{id}/links", Needs::Admin, 201),
     (
         "GET",
         "/v1/partners/{id}/links",

@@ -2,7 +2,7 @@
 -- `pending` from the signup until the one-time token is exchanged, then `connected`; the vendor
 -- token is sealed with the secrets key. The federation key is the scoped API key the Network
 -- calls this instance with; disconnecting revokes it. `payouts_reported_until` is the high-water
--- mark (Unix ms) of the payouts report.
+-- mark (Unix ms) of the payouts report, and `payouts_pending_until` the window being reported.
 CREATE TABLE network_connections (
     tenant_id               TEXT PRIMARY KEY REFERENCES tenants (id),
     network_url             TEXT NOT NULL,
@@ -17,9 +17,15 @@ CREATE TABLE network_connections (
     last_error              TEXT,
     last_error_at           INTEGER,
     payouts_reported_until  INTEGER NOT NULL,
+    -- The end of the payouts window being reported: kept until every currency of it was
+    -- accepted, so a retry sends the very same window.
+    payouts_pending_until   INTEGER,
     created_at              INTEGER NOT NULL,
     updated_at              INTEGER NOT NULL
 );
 
--- The partner's creator id on the Network, stamped from the Network's answer to an upsert.
+-- The partner's creator id on the Network, stamped from the Network's answer to an upsert, and
+-- the revision (its `updated_at`) of the latest change mirrored to the Network: an upsert job
+-- of an older revision has been superseded.
 ALTER TABLE partners ADD COLUMN network_creator_id TEXT;
+ALTER TABLE partners ADD COLUMN network_revision INTEGER;

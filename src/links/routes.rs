@@ -21,7 +21,7 @@ use crate::http::error::{AuthProblems, Error, InvalidProblem, NotFoundProblem, R
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{List, Page};
 use crate::ids;
-use crate::keys::{Principal, Scope};
+use crate::keys::{KeyKind, Principal, Scope};
 use crate::partners::{self, authorize};
 
 use super::store::{self, StoredLink};
@@ -78,8 +78,9 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Create a share link (`partners:write`, or the partner's own key). The partner joins the
-/// campaign with its first link, with the campaign's terms as they are now.
+/// Create a share link (admin, the partner's own key, or the partner Network's federation key).
+/// The partner joins the campaign with its first link, with the campaign's terms as they are
+/// now.
 #[utoipa::path(post, path = "/v1/partners/{id}/links", tag = "links", request_body = CreateLink,
     params(("id" = String, Path, description = "Partner id, `ptr_...`")),
     responses(
@@ -96,7 +97,17 @@ async fn create_link(
     Path(id): Path<String>,
     Json(body): Json<CreateLink>,
 ) -> Result<(StatusCode, axum::Json<Link>)> {
-    authorize(&principal, Some(Scope::PartnersWrite), true, &id)?;
+    let tenant = &principal.tenant_id;
+    // The partner Network's federation key makes links for the partners it brings.
+    let federation = principal.kind == KeyKind::Scoped && {
+        let mut tx = state.db.read(tenant).await?;
+        let is = crate::network::is_federation_key(&mut tx, tenant, &principal.key_id).await?;
+        tx.commit().await?;
+        is
+    };
+    if !federation {
+        authorize(&principal, None, true, &id)?;
+    }
     if body.key.is_some() && state.config.tenancy == Tenancy::Multi {
         return Err(Error::invalid(
             "key",
@@ -109,7 +120,6 @@ async fn create_link(
             "must be 3 to 64 characters of letters, digits, '_' and '-'",
         ));
     }
-    let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
     let partner = partners::existing(&mut tx, tenant, &id).await?;
     if partner.status == "revoked" {

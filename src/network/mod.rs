@@ -9,10 +9,11 @@
 //!   (`POST /vendors/verify-and-issue-token`), which is sealed and never leaves the server.
 //! - **The outbox.** In the transaction that makes the change, a partner created (when
 //!   `auto_enroll` is on), revoked or reinstated (always, so a revoked partner stops being
-//!   matched) enqueues a `network.upsert` job for that state. The job sends the partner as it
-//!   is when the job runs, with its `updated_at` as the revision (the Network keeps the highest),
-//!   and a job whose change a newer one superseded sends nothing: the newest state wins and
-//!   nothing goes out of order. The answer's creator id is stamped on the partner. Retries are
+//!   matched) enqueues a `network.upsert` job for that state, and so does an edit of a partner
+//!   the Network has. The job sends the partner as it is when the job runs, with its
+//!   `updated_at` as the revision (the Network keeps the highest), and a job whose change a
+//!   newer mirrored one superseded (`network_revision`) sends nothing: the newest state wins
+//!   and nothing goes out of order (ADR 13). The answer's creator id is stamped on the partner. Retries are
 //!   stored with jitter, out to about 24 hours; then the job is dead, visible in `/v1/queue`
 //!   and in `GET /v1/network`.
 //! - **Backfill**, in batches, safe to run twice; a **heartbeat** every five minutes (once per
@@ -128,9 +129,27 @@ pub async fn enqueue_upsert(
     if connection.status != "connected" || (created && connection.auto_enroll == 0) {
         return Ok(());
     }
-    let job = upsert_job(&partner.tenant_id, &partner.id, partner.updated_at);
+    let revision = next_revision(partner);
+    let job = upsert_job(&partner.tenant_id, &partner.id, revision);
     handoff.enqueue_in(tx, job).await?;
+    crate::partners::store::set_network_revision(tx, &partner.tenant_id, &partner.id, revision)
+        .await?;
     Ok(())
+}
+
+/// The revision of the partner's next mirrored state: its `updated_at`, and always above the
+/// last one (two changes in one millisecond, or a node whose clock is behind, still order).
+fn next_revision(partner: &StoredPartner) -> i64 {
+    partner
+        .updated_at
+        .max(partner.network_revision.map_or(0, |r| r + 1))
+}
+
+/// Whether `key_id` is the tenant's federation key, of a connected Network.
+pub async fn is_federation_key(tx: &mut Tx, tenant_id: &str, key_id: &str) -> sqlx::Result<bool> {
+    Ok(store::find(tx, tenant_id)
+        .await?
+        .is_some_and(|c| c.status == "connected" && c.federation_key_id == key_id))
 }
 
 fn upsert_job(tenant_id: &str, partner_id: &str, revision: i64) -> NewJob {
@@ -151,7 +170,7 @@ pub fn wire(partner: &StoredPartner) -> Value {
         "status": partner.status,
         "source": partner.source,
         "network_creator_id": partner.network_creator_id,
-        "revision": partner.updated_at,
+        "revision": partner.network_revision.unwrap_or(partner.updated_at),
         "updated_at": rfc3339(partner.updated_at),
     })
 }
@@ -173,7 +192,7 @@ async fn upsert(state: &AppState, payload: &UpsertPayload) -> anyhow::Result<Out
         // Disconnected since, or no such partner: nothing to send.
         return Ok(Outcome::Done);
     };
-    if partner.updated_at > payload.revision {
+    if partner.network_revision.unwrap_or_default() > payload.revision {
         // A newer change has its own job, which sends the newer state.
         return Ok(Outcome::Done);
     }
@@ -247,6 +266,17 @@ pub async fn backfill(state: &AppState, connected: &Connected) -> anyhow::Result
             return Ok(counts);
         };
         after = last.id.clone();
+        // Each partner's state goes out as its newest revision: queued upserts of older ones
+        // are superseded.
+        let mut tx = state.db.write(tenant).await?;
+        let mut batch = batch;
+        for partner in &mut batch {
+            let revision = next_revision(partner);
+            crate::partners::store::set_network_revision(&mut tx, tenant, &partner.id, revision)
+                .await?;
+            partner.network_revision = Some(revision);
+        }
+        tx.commit().await?;
         let body = json!({"partners": batch.iter().map(wire).collect::<Vec<_>>()});
         let answer = call(
             state,
@@ -302,14 +332,26 @@ pub async fn report_payouts(
         return Ok(Vec::new());
     };
     let since = connected.connection.payouts_reported_until;
+    // A window that was being reported is reported again unchanged, so the Network can tell the
+    // retry from a new window.
+    let until = match connected.connection.payouts_pending_until {
+        Some(pending) => pending,
+        None => until,
+    };
     let sums = if until > since {
         crate::payouts::store::paid_to_network(&mut tx, tenant_id, since, until).await?
     } else {
         Vec::new()
     };
     tx.commit().await?;
+    let sums: Vec<(String, i64)> = sums.into_iter().filter(|(_, amount)| *amount > 0).collect();
+    if !sums.is_empty() && connected.connection.payouts_pending_until.is_none() {
+        let mut tx = state.db.write(tenant_id).await?;
+        store::set_pending_until(&mut tx, tenant_id, until).await?;
+        tx.commit().await?;
+    }
     let mut sent = Vec::new();
-    for (currency, amount) in sums.into_iter().filter(|(_, amount)| *amount > 0) {
+    for (currency, amount) in sums {
         let report = json!({"amount": amount, "currency": currency,
                             "since": rfc3339(since), "until": rfc3339(until)});
         call(
@@ -393,8 +435,10 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
             move |_job: Job| {
                 let state = beats.clone();
                 async move {
-                    // A missed beat is not retried: the next window beats again.
-                    for tenant in store::connected(state.db.pool()).await.unwrap_or_default() {
+                    // A missed beat is not retried: the next window beats again. Every tenant is
+                    // visited (a connection is read in its tenant's scope, as RLS wants).
+                    let tenants = crate::tenants::all_ids(state.db.pool()).await;
+                    for tenant in tenants.unwrap_or_default() {
                         if let Err(err) = heartbeat(&state, &tenant).await {
                             tracing::warn!(%tenant, error = %err, "the Network heartbeat failed");
                         }
@@ -414,7 +458,7 @@ pub fn register(worker: Worker, state: AppState) -> Worker {
                 let state = reports.clone();
                 async move {
                     let until = state.clock.now_ms() - crate::stripe::meters::GRACE_MS;
-                    let tenants = match store::connected(state.db.pool()).await {
+                    let tenants = match crate::tenants::all_ids(state.db.pool()).await {
                         Ok(tenants) => tenants,
                         Err(err) => return Outcome::retry(format!("listing connections: {err}")),
                     };

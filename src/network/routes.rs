@@ -133,12 +133,21 @@ async fn connect(
     principal.require_admin()?;
     let mut errors = Vec::new();
     let url = body.network_url.trim().trim_end_matches('/').to_owned();
-    if url.len() > 2048
-        || !url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-    {
+    // The federation key and the vendor token travel over it: https, or plain http to a
+    // loopback stand-in.
+    let secure = url::Url::parse(&url).is_ok_and(|u| {
+        let loopback = u.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        u.scheme() == "https" || (u.scheme() == "http" && loopback)
+    });
+    if url.len() > 2048 || !secure {
         errors.push(FieldError::new(
             "network_url",
-            "must be an absolute http(s) URL",
+            "must be an absolute https URL (plain http only to a loopback address)",
         ));
     }
     let email = crate::identities::normalize_email(&body.contact_email).unwrap_or_else(|| {
@@ -198,6 +207,7 @@ async fn connect(
         last_error: None,
         last_error_at: None,
         payouts_reported_until: now,
+        payouts_pending_until: None,
         created_at: previous.as_ref().map_or(now, |c| c.created_at),
         updated_at: now,
     };
@@ -222,13 +232,21 @@ async fn connect(
     let mut tx = state.db.write(tenant).await?;
     match answer {
         Ok(answer) => {
-            let mut connection = connection;
-            connection.signup_id = answer["signup_id"].as_str().map(str::to_owned);
-            connection.updated_at = state.clock.now_ms();
-            store::save(&mut tx, &connection).await?;
+            let signup = answer["signup_id"].as_str();
+            let recorded =
+                store::set_signup(&mut tx, tenant, &key.key.id, signup, state.clock.now_ms())
+                    .await?;
             tx.commit().await?;
+            if !recorded {
+                return Err(Error::Conflict {
+                    code: "network_connection_changed",
+                    detail: "another connect or a disconnect happened meanwhile".to_owned(),
+                });
+            }
         }
         Err(err) => {
+            // The key may have reached the Network: it must not outlive the failed signup.
+            keys::revoke(&mut tx, tenant, &key.key.id, state.clock.now_ms()).await?;
             store::set_error(&mut tx, tenant, Some(&format!("signup: {err}")), now).await?;
             tx.commit().await?;
             return Err(super::problem(err));
@@ -275,7 +293,7 @@ async fn complete(
     let mut tx = state.db.read(tenant).await?;
     let connection = store::find(&mut tx, tenant).await?;
     tx.commit().await?;
-    let Some(mut connection) = connection.filter(|c| c.status == "pending") else {
+    let Some(connection) = connection.filter(|c| c.status == "pending") else {
         return Err(Error::Conflict {
             code: "network_not_pending",
             detail: "no Network signup waits for a token: connect first".to_owned(),
@@ -301,14 +319,18 @@ async fn complete(
             detail: "the Network's answer has no vendor id and token".to_owned(),
         });
     };
-    connection.status = "connected".to_owned();
-    connection.vendor_id = Some(vendor_id.to_owned());
-    connection.vendor_token_sealed = Some(state.secrets.seal(vendor_token));
-    connection.last_error = None;
-    connection.updated_at = state.clock.now_ms();
+    let sealed = state.secrets.seal(vendor_token);
     let mut tx = state.db.write(tenant).await?;
-    store::save(&mut tx, &connection).await?;
+    let key = &connection.federation_key_id;
+    let now = state.clock.now_ms();
+    let completed = store::complete(&mut tx, tenant, key, vendor_id, &sealed, now).await?;
     tx.commit().await?;
+    if !completed {
+        return Err(Error::Conflict {
+            code: "network_not_pending",
+            detail: "the connection changed meanwhile (a disconnect or another connect)".to_owned(),
+        });
+    }
     Ok(axum::Json(status_of(&state, tenant).await?))
 }
 
@@ -331,12 +353,10 @@ async fn update_network(
     principal.require_admin()?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
-    let mut connection = store::lock(&mut tx, tenant)
-        .await?
-        .ok_or_else(not_connected)?;
-    connection.auto_enroll = i64::from(body.auto_enroll);
-    connection.updated_at = state.clock.now_ms();
-    store::save(&mut tx, &connection).await?;
+    let now = state.clock.now_ms();
+    if !store::set_auto_enroll(&mut tx, tenant, body.auto_enroll, now).await? {
+        return Err(not_connected());
+    }
     tx.commit().await?;
     Ok(axum::Json(status_of(&state, tenant).await?))
 }
@@ -415,9 +435,13 @@ async fn proxy(
     Ok(axum::Json(answer))
 }
 
-/// A path segment as the Network receives it: percent-encoded.
-fn segment(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+/// An id as a path segment of the Network's API: percent-encoded, and never `.` or `..`
+/// (which would name another route).
+fn segment(id: &str) -> Result<String> {
+    if id.is_empty() || id == "." || id == ".." || id.len() > 255 {
+        return Err(Error::invalid("id", "is not an id of the Network"));
+    }
+    Ok(url::form_urlencoded::byte_serialize(id.as_bytes()).collect())
 }
 
 /// The program's offerings on the Network (admin; proxied).
@@ -481,7 +505,7 @@ async fn update_offering(
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Result<axum::Json<Value>> {
-    let path = format!("/vendors/me/offerings/{}", segment(&id));
+    let path = format!("/vendors/me/offerings/{}", segment(&id)?);
     proxy(
         &state,
         &principal,
@@ -507,7 +531,7 @@ async fn delete_offering(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>> {
-    let path = format!("/vendors/me/offerings/{}", segment(&id));
+    let path = format!("/vendors/me/offerings/{}", segment(&id)?);
     proxy(&state, &principal, reqwest::Method::DELETE, &path, None).await
 }
 
@@ -564,7 +588,7 @@ async fn approve_request(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>> {
-    let path = format!("/vendors/me/requests/{}/approve", segment(&id));
+    let path = format!("/vendors/me/requests/{}/approve", segment(&id)?);
     proxy(
         &state,
         &principal,
@@ -590,7 +614,7 @@ async fn reject_request(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>> {
-    let path = format!("/vendors/me/requests/{}/reject", segment(&id));
+    let path = format!("/vendors/me/requests/{}/reject", segment(&id)?);
     proxy(
         &state,
         &principal,

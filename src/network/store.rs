@@ -17,13 +17,14 @@ pub struct StoredConnection {
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
     pub payouts_reported_until: i64,
+    pub payouts_pending_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLUMNS: &str = "tenant_id, network_url, contact_email, display_name, status, signup_id, \
     vendor_id, vendor_token_sealed, federation_key_id, auto_enroll, last_error, last_error_at, \
-    payouts_reported_until, created_at, updated_at";
+    payouts_reported_until, payouts_pending_until, created_at, updated_at";
 
 pub async fn find(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Option<StoredConnection>> {
     let sql = format!("SELECT {COLUMNS} FROM network_connections WHERE tenant_id = $1");
@@ -42,21 +43,85 @@ pub async fn lock(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Option<StoredCon
     find(tx, tenant_id).await
 }
 
-/// Every connected tenant's id.
-pub async fn connected(pool: &sqlx::AnyPool) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT tenant_id FROM network_connections WHERE status = 'connected' ORDER BY tenant_id",
+/// Records the Network's signup id, unless the connection changed meanwhile (another connect
+/// replaced its federation key); returns whether it was recorded.
+pub async fn set_signup(
+    tx: &mut Tx,
+    tenant_id: &str,
+    federation_key_id: &str,
+    signup_id: Option<&str>,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE network_connections SET signup_id = $1, updated_at = $2
+         WHERE tenant_id = $3 AND federation_key_id = $4 AND status = 'pending'",
     )
-    .fetch_all(pool)
+    .bind(signup_id)
+    .bind(now)
+    .bind(tenant_id)
+    .bind(federation_key_id)
+    .execute(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(done.rows_affected() == 1)
+}
+
+/// Connects the pending connection of `federation_key_id` with the vendor's id and sealed
+/// token; returns false when it is no longer that pending connection.
+pub async fn complete(
+    tx: &mut Tx,
+    tenant_id: &str,
+    federation_key_id: &str,
+    vendor_id: &str,
+    token_sealed: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE network_connections SET status = 'connected', vendor_id = $1,
+             vendor_token_sealed = $2, last_error = NULL, updated_at = $3
+         WHERE tenant_id = $4 AND federation_key_id = $5 AND status = 'pending'",
+    )
+    .bind(vendor_id)
+    .bind(token_sealed)
+    .bind(now)
+    .bind(tenant_id)
+    .bind(federation_key_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_auto_enroll(
+    tx: &mut Tx,
+    tenant_id: &str,
+    auto_enroll: bool,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE network_connections SET auto_enroll = $1, updated_at = $2 WHERE tenant_id = $3",
+    )
+    .bind(i64::from(auto_enroll))
+    .bind(now)
+    .bind(tenant_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Keeps the end of the payouts window being reported.
+pub async fn set_pending_until(tx: &mut Tx, tenant_id: &str, until: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE network_connections SET payouts_pending_until = $1 WHERE tenant_id = $2")
+        .bind(until)
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Writes the whole connection (a new one replaces the old).
 pub async fn save(tx: &mut Tx, c: &StoredConnection) -> sqlx::Result<()> {
     let sql = format!(
         "INSERT INTO network_connections ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (tenant_id) DO UPDATE SET network_url = excluded.network_url,
              contact_email = excluded.contact_email, display_name = excluded.display_name,
              status = excluded.status, signup_id = excluded.signup_id,
@@ -65,6 +130,7 @@ pub async fn save(tx: &mut Tx, c: &StoredConnection) -> sqlx::Result<()> {
              auto_enroll = excluded.auto_enroll, last_error = excluded.last_error,
              last_error_at = excluded.last_error_at,
              payouts_reported_until = excluded.payouts_reported_until,
+             payouts_pending_until = excluded.payouts_pending_until,
              updated_at = excluded.updated_at"
     );
     sqlx::query(&sql)
@@ -81,6 +147,7 @@ pub async fn save(tx: &mut Tx, c: &StoredConnection) -> sqlx::Result<()> {
         .bind(&c.last_error)
         .bind(c.last_error_at)
         .bind(c.payouts_reported_until)
+        .bind(c.payouts_pending_until)
         .bind(c.created_at)
         .bind(c.updated_at)
         .execute(&mut **tx)
@@ -116,11 +183,15 @@ pub async fn set_error(
     Ok(())
 }
 
+/// Advances the payouts mark to `until`; the window is no longer pending.
 pub async fn set_reported_until(tx: &mut Tx, tenant_id: &str, until: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE network_connections SET payouts_reported_until = $1 WHERE tenant_id = $2")
-        .bind(until)
-        .bind(tenant_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE network_connections SET payouts_reported_until = $1, payouts_pending_until = NULL
+         WHERE tenant_id = $2",
+    )
+    .bind(until)
+    .bind(tenant_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

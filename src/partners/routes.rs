@@ -145,8 +145,8 @@ pub struct CreatePartner {
     pub source: Option<String>,
     /// The partner's id in the Network; required with `source: network`.
     pub network_partner_id: Option<String>,
-    /// The partner's commission terms, overriding every campaign's: the terms agreed on the
-    /// Network (with `source: network`), or an admin's. Other callers cannot set them.
+    /// The partner's commission terms, overriding every campaign's: an admin's, or the terms
+    /// agreed on the Network (sent with its federation key). Other keys cannot set them.
     pub commission: Option<CommissionInput>,
 }
 
@@ -222,19 +222,22 @@ async fn create_partner(
         _ => errors.push(FieldError::new("source", "must be direct or network")),
     }
     let terms = match &body.commission {
-        Some(_) if source != "network" && principal.kind != crate::keys::KeyKind::Admin => {
-            errors.push(FieldError::new(
-                "commission",
-                "only partners from the Network, or an admin, set terms at creation",
-            ));
-            None
-        }
         Some(input) => input.validate("commission", &mut errors),
         None => None,
     };
     validated(errors)?;
     let tenant = &principal.tenant_id;
     let mut tx = state.db.write(tenant).await?;
+    // Terms are an admin's to set, or the Network's (agreed there), through its federation key.
+    let setting_terms = body.commission.is_some() && principal.kind != crate::keys::KeyKind::Admin;
+    if setting_terms
+        && !crate::network::is_federation_key(&mut tx, tenant, &principal.key_id).await?
+    {
+        return Err(Error::invalid(
+            "commission",
+            "only an admin, or the partner Network's federation key, sets terms at creation",
+        ));
+    }
     let mut handoff = state.queue.handoff();
     let region = identities::phone_region(&mut tx, tenant, state.config.phone_region).await?;
     let (phone, phone_error) = match &body.phone {
@@ -252,6 +255,7 @@ async fn create_partner(
         status: "active".to_owned(),
         source,
         network_creator_id: body.network_partner_id.clone(),
+        network_revision: None,
         network_partner_id: body.network_partner_id,
         terms_type: None,
         terms_bps: None,
@@ -465,6 +469,11 @@ async fn update_partner(
     store::update(&mut tx, &partner)
         .await
         .map_err(email_taken)?;
+    let mut handoff = state.queue.handoff();
+    if partner.network_revision.is_some() {
+        // The Network has (or is getting) this partner: it gets the edit too.
+        crate::network::enqueue_upsert(&mut tx, &mut handoff, &partner, false).await?;
+    }
     identities::bind_member(
         &mut tx,
         tenant,
@@ -475,6 +484,7 @@ async fn update_partner(
     )
     .await?;
     tx.commit().await?;
+    handoff.start();
     let mut updated = Partner::from(partner);
     updated.phone_error = phone_error;
     Ok(axum::Json(updated))

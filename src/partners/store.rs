@@ -19,6 +19,8 @@ pub struct StoredPartner {
     pub network_partner_id: Option<String>,
     /// The partner's creator id on the Network, once the Network has it.
     pub network_creator_id: Option<String>,
+    /// The revision of the latest change mirrored to the Network (see `network`).
+    pub network_revision: Option<i64>,
     pub terms_type: Option<String>,
     pub terms_bps: Option<i64>,
     pub terms_amount: Option<i64>,
@@ -54,7 +56,7 @@ impl StoredPartner {
 
 const COLUMNS: &str = "id, tenant_id, email, name, phone, metadata, status, source, \
     network_partner_id, terms_type, terms_bps, terms_amount, terms_currency, revoked_at, \
-    revoked_reason, created_at, updated_at, network_creator_id";
+    revoked_reason, created_at, updated_at, network_creator_id, network_revision";
 
 /// Why a partner could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,7 @@ pub async fn insert(tx: &mut Tx, p: &StoredPartner) -> Result<(), WriteError> {
     let sql = format!(
         "INSERT INTO partners ({COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18)"
+                 $18, $19)"
     );
     sqlx::query(&sql)
         .bind(&p.id)
@@ -102,6 +104,7 @@ pub async fn insert(tx: &mut Tx, p: &StoredPartner) -> Result<(), WriteError> {
         .bind(p.created_at)
         .bind(p.updated_at)
         .bind(&p.network_creator_id)
+        .bind(p.network_revision)
         .execute(&mut **tx)
         .await
         .map_err(email_taken)?;
@@ -117,6 +120,22 @@ pub async fn set_network_creator_id(
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE partners SET network_creator_id = $1 WHERE tenant_id = $2 AND id = $3")
         .bind(creator_id)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records that the partner's state of `revision` is on its way to the Network.
+pub async fn set_network_revision(
+    tx: &mut Tx,
+    tenant_id: &str,
+    id: &str,
+    revision: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE partners SET network_revision = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(revision)
         .bind(tenant_id)
         .bind(id)
         .execute(&mut **tx)
