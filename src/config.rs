@@ -80,6 +80,27 @@ pub struct Config {
     )]
     pub rate_limit_per_ip: std::num::NonZeroU32,
 
+    /// Peers (comma-separated CIDRs, e.g. a load balancer's `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` is believed: from them, the client is the last address of the header
+    /// that is not itself a trusted proxy. From anyone else the header is ignored.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A bearer token `/metrics` then requires (`Authorization: Bearer <token>`); unset, it is
+    /// open.
+    #[arg(
+        long,
+        env = "SWITCHYARD_METRICS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub metrics_token: Option<String>,
+
     /// Largest request body accepted, in bytes.
     #[arg(
         long,

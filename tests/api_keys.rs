@@ -13,6 +13,7 @@ on_both_engines!(
     lists_page_newest_first_and_filter_by_scope,
     invalid_key_requests_get_field_errors,
     partner_keys_act_as_their_partner,
+    the_last_admin_key_cannot_be_revoked,
 );
 
 async fn the_first_admin_key_knows_its_tenant(engine: Engine) {
@@ -252,4 +253,47 @@ async fn partner_keys_act_as_their_partner(engine: Engine) {
     let response = srv.get("/v1/api-keys", &key).await;
     assert_problem(&response, StatusCode::FORBIDDEN, "forbidden_scope");
     srv.stop().await;
+}
+
+async fn the_last_admin_key_cannot_be_revoked(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (_, me) = srv.get("/v1/whoami", &srv.admin_key).await;
+    let first = me["key_id"].as_str().unwrap().to_owned();
+    let alone = srv
+        .delete(&format!("/v1/api-keys/{first}"), &srv.admin_key)
+        .await;
+    assert_problem(&alone, StatusCode::CONFLICT, "cannot_revoke_last_admin_key");
+    // Two admin keys revoking each other at once: one goes, the other stays.
+    let (second, second_key) = srv
+        .mint(json!({"name": "second admin", "kind": "admin"}))
+        .await;
+    let (revoke_second, revoke_first) = (
+        format!("/v1/api-keys/{second}"),
+        format!("/v1/api-keys/{first}"),
+    );
+    let (a, b) = tokio::join!(
+        srv.delete(&revoke_second, &srv.admin_key),
+        srv.delete(&revoke_first, &second_key),
+    );
+    let mut statuses = [a.0.as_u16(), b.0.as_u16()];
+    statuses.sort();
+    // The loser is refused as the last key, or (when the winner revoked its own key first)
+    // as a revoked key.
+    assert_eq!(statuses[0], 204, "{a:?} {b:?}");
+    assert!([401, 409].contains(&statuses[1]), "{a:?} {b:?}");
+    let survivors = [&srv.admin_key, &second_key];
+    let alive = still_working(&srv, &survivors).await;
+    assert_eq!(alive, 1, "exactly one admin key is left");
+    srv.stop().await;
+}
+
+/// How many of `keys` still authenticate.
+async fn still_working(srv: &TestServer, keys: &[&String]) -> usize {
+    let mut alive = 0;
+    for key in keys {
+        if srv.get("/v1/whoami", key).await.0 == StatusCode::OK {
+            alive += 1;
+        }
+    }
+    alive
 }

@@ -26,6 +26,8 @@ on_both_engines!(
     a_partial_refund_takes_back_the_refunded_share,
     a_refund_reverses_an_approved_commission,
     a_batch_takes_at_most_500_events,
+    campaign_dates_govern_earning,
+    an_event_accrues_at_the_partners_snapshot_or_its_amendment,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -756,5 +758,128 @@ async fn a_batch_takes_at_most_500_events(engine: Engine) {
         .unwrap();
     db.close().await;
     assert_eq!(stored, 500, "the refused batch stored nothing");
+    srv.stop().await;
+}
+
+/// A purchase of 10,000 EUR minor units through `click` at the server's now (or `at`).
+async fn purchase(srv: &TestServer, id: &str, click: &str, at: Option<String>) -> Value {
+    let mut body = json!({"event_id": id, "type": "purchase", "click_id": click,
+                          "amount": 10_000, "currency": "EUR"});
+    if let Some(at) = at {
+        body["occurred_at"] = json!(at);
+    }
+    let (status, converted) = event(srv, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{converted}");
+    assert!(
+        converted["attribution"].is_object(),
+        "attributed: {converted}"
+    );
+    converted
+}
+
+async fn campaign_dates_govern_earning(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (campaign, _, key) = program(&srv, "ends@example.com", json!({})).await;
+    let clicked = click(&srv, &key).await;
+    srv.clock.advance(Duration::from_secs(3600));
+    let before_end = switchyard::clock::rfc3339(srv.clock.now_ms());
+    srv.clock.advance(Duration::from_secs(3600));
+    let (status, ended) = srv
+        .post(
+            &format!("/v1/campaigns/{campaign}/end"),
+            &srv.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    srv.clock.advance(Duration::from_secs(60));
+
+    // After the end: attributed (and said why), no commission; the link still redirects.
+    let late = purchase(&srv, "late", &clicked, None).await;
+    assert_eq!(late["commission_id"], Value::Null, "{late}");
+    assert_eq!(late["no_commission_reason"], "campaign_ended");
+    let (status, _) = srv.click(&format!("/r/{key}"), &[]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    // A conversion that happened before the end still earns.
+    let earlier = purchase(&srv, "earlier", &clicked, Some(before_end)).await;
+    assert!(earlier["commission_id"].is_string(), "{earlier}");
+    assert_eq!(earlier["no_commission_reason"], Value::Null);
+    // Moving the end into the future makes it earn again.
+    let future = switchyard::clock::rfc3339(srv.clock.now_ms() + 30 * 24 * 3600 * 1000);
+    let (status, reopened) = srv
+        .patch(
+            &format!("/v1/campaigns/{campaign}"),
+            &srv.admin_key,
+            json!({"ends_at": future}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reopened}");
+    assert_eq!(reopened["status"], "active");
+    let again = purchase(&srv, "again", &clicked, None).await;
+    assert!(again["commission_id"].is_string(), "{again}");
+
+    // A scheduled campaign: clicks count, but conversions before its start earn nothing.
+    let start = switchyard::clock::rfc3339(srv.clock.now_ms() + 24 * 3600 * 1000);
+    let (_, _, key) = program(&srv, "starts@example.com", json!({"starts_at": start})).await;
+    let early_click = click(&srv, &key).await;
+    let early = purchase(&srv, "early", &early_click, None).await;
+    assert_eq!(early["commission_id"], Value::Null);
+    assert_eq!(early["no_commission_reason"], "campaign_not_started");
+    srv.clock.advance(2 * DAY);
+    let started = purchase(&srv, "started", &early_click, None).await;
+    assert!(started["commission_id"].is_string(), "{started}");
+    srv.stop().await;
+}
+
+async fn an_event_accrues_at_the_partners_snapshot_or_its_amendment(engine: Engine) {
+    let srv = TestServer::start(engine).await;
+    let (campaign, partner, key) = program(
+        &srv,
+        "early@example.com",
+        json!({"commission": {"type": "percent", "bps": 1000}}),
+    )
+    .await;
+    // The campaign's terms change after the partner joined: the partner keeps its snapshot.
+    let (status, _) = srv
+        .patch(
+            &format!("/v1/campaigns/{campaign}"),
+            &srv.admin_key,
+            json!({"commission": {"type": "percent", "bps": 2500}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = click(&srv, &key).await;
+    let kept = purchase(&srv, "kept", &first, None).await;
+    let kept = commission(&srv, kept["commission_id"].as_str().unwrap()).await;
+    assert_eq!(kept["amount"], 1000, "10% of 10,000: the snapshot");
+    // A partner joining now gets the new terms.
+    let late = srv.partner("late@example.com").await;
+    let (_, link) = srv
+        .post(
+            &format!("/v1/partners/{}/links", late["id"].as_str().unwrap()),
+            &srv.admin_key,
+            json!({"campaign_id": campaign}),
+        )
+        .await;
+    let late_click = click(&srv, link["key"].as_str().unwrap()).await;
+    let new_terms = purchase(&srv, "new-terms", &late_click, None).await;
+    let new_terms = commission(&srv, new_terms["commission_id"].as_str().unwrap()).await;
+    assert_eq!(new_terms["amount"], 2500);
+    // An admin's amendment overrides both.
+    let (status, _) = srv
+        .put(
+            &format!("/v1/partners/{partner}/commission-terms"),
+            &srv.admin_key,
+            json!({"type": "flat", "amount": 700, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let second = click(&srv, &key).await;
+    let amended = purchase(&srv, "amended", &second, None).await;
+    let amended = commission(&srv, amended["commission_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (amended["amount"].as_i64(), amended["currency"].as_str()),
+        (Some(700), Some("EUR"))
+    );
     srv.stop().await;
 }

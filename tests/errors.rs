@@ -15,6 +15,8 @@ on_both_engines!(
     keys_are_limited_per_key,
     every_response_carries_a_request_id,
     operations_endpoints_report_health_and_metrics,
+    x_forwarded_for_is_believed_only_from_trusted_proxies,
+    metrics_take_a_token_when_one_is_configured,
 );
 
 async fn raw(srv: &TestServer, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
@@ -256,4 +258,73 @@ async fn operations_endpoints_report_health_and_metrics(engine: Engine) {
     let (status, problem) = srv.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert_eq!(problem["code"], "unavailable");
+}
+
+/// `count` anonymous requests, each claiming to come from `forwarded(n)`; their statuses.
+async fn forwarded_statuses(
+    srv: &TestServer,
+    count: usize,
+    forwarded: impl Fn(usize) -> String,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for n in 0..count {
+        let response = srv
+            .client
+            .get(srv.url("/healthz"))
+            .header("x-forwarded-for", forwarded(n))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies(engine: Engine) {
+    // From an untrusted peer, a spoofed header changes nothing: one bucket, the peer's.
+    let srv = TestServer::start_with(engine, &["--rate-limit-per-ip", "2"]).await;
+    let statuses = forwarded_statuses(&srv, 4, |n| format!("203.0.113.{n}")).await;
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+    srv.stop().await;
+
+    // Behind a trusted proxy (the test's loopback), each client has its own bucket; addresses
+    // a client put in front of the proxy's are not believed.
+    let srv = TestServer::start_with(
+        engine,
+        &[
+            "--rate-limit-per-ip",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+        ],
+    )
+    .await;
+    let statuses = forwarded_statuses(&srv, 4, |n| format!("203.0.113.{n}")).await;
+    assert_eq!(statuses, vec![200, 200, 200, 200], "a bucket per client");
+    let statuses = forwarded_statuses(&srv, 3, |n| format!("198.51.100.{n}, 192.0.2.7")).await;
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429],
+        "the client is the last untrusted hop"
+    );
+    srv.stop().await;
+}
+
+async fn metrics_take_a_token_when_one_is_configured(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--metrics-token", "m3tr1cs-t0ken"]).await;
+    let open = srv.send(Method::GET, "/metrics", None, None).await;
+    assert_eq!(open.status(), StatusCode::UNAUTHORIZED);
+    let wrong = srv.send(Method::GET, "/metrics", Some("nope"), None).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = wrong.json().await.unwrap();
+    assert_eq!(problem["code"], "unauthorized");
+    let right = srv
+        .send(Method::GET, "/metrics", Some("m3tr1cs-t0ken"), None)
+        .await;
+    assert_eq!(right.status(), StatusCode::OK);
+    assert!(right.text().await.unwrap().contains("# EOF"));
+    // Health checks stay open.
+    let health = srv.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    srv.stop().await;
 }

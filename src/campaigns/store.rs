@@ -58,6 +58,18 @@ impl StoredCampaign {
     pub fn ended(&self, now: i64) -> bool {
         self.ends_at.is_some_and(|end| end <= now)
     }
+
+    /// Why a conversion at `at` earns nothing in this campaign, if it is outside its dates:
+    /// `campaign_not_started` or `campaign_ended`.
+    pub fn outside_dates(&self, at: i64) -> Option<&'static str> {
+        if self.starts_at.is_some_and(|start| at < start) {
+            Some("campaign_not_started")
+        } else if self.ended(at) {
+            Some("campaign_ended")
+        } else {
+            None
+        }
+    }
 }
 
 const COLUMNS: &str = "id, tenant_id, name, destination_url, allowed_domains, click_param, \

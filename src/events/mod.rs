@@ -83,6 +83,10 @@ pub struct EventResult {
     /// (`clawback_paid_refunds` on).
     #[serde(default)]
     pub clawed_back_commission_ids: Vec<String>,
+    /// Why an attributed conversion earned no commission because of its campaign's dates:
+    /// `campaign_not_started` or `campaign_ended` (at the conversion's `occurred_at`).
+    #[serde(default)]
+    pub no_commission_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -299,6 +303,7 @@ pub async fn take_in_group(
         adjusted_commission_ids: Vec::new(),
         refunded_paid_commission_ids: Vec::new(),
         clawed_back_commission_ids: Vec::new(),
+        no_commission_reason: None,
     };
     if event.event_type == "refund" {
         // The order's commissions are locked first, so two refunds at once each count the
@@ -356,16 +361,22 @@ pub async fn take_in_group(
             let partner = partners::existing(&mut tx, tenant_id, &click.partner_id).await?;
             let campaign =
                 campaigns::routes::existing(&mut tx, tenant_id, &click.campaign_id).await?;
-            let commission = commissions::accrue(
-                state,
-                &mut tx,
-                &mut handoff,
-                &partner,
-                &campaign,
-                &conversion,
-            )
-            .await?;
-            result.commission_id = commission.map(|c| c.id);
+            // The campaign's dates govern earning; its links redirect whatever they say.
+            match campaign.outside_dates(occurred_at) {
+                Some(reason) => result.no_commission_reason = Some(reason.to_owned()),
+                None => {
+                    let commission = commissions::accrue(
+                        state,
+                        &mut tx,
+                        &mut handoff,
+                        &partner,
+                        &campaign,
+                        &conversion,
+                    )
+                    .await?;
+                    result.commission_id = commission.map(|c| c.id);
+                }
+            }
             result.attribution = Some(AttributionResult {
                 attribution_id,
                 click_id: click.click_id,

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
 fn api_router(state: AppState) -> Router {
     let (api, document) = openapi::split();
     let max_body = state.config.max_body_bytes;
+    let trusted = state.config.trusted_proxies.clone();
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -72,13 +73,18 @@ fn api_router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(internal_error))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
+                .make_span_with(move |request: &Request| {
                     let request_id = request
                         .headers()
                         .get(&REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                    // The client as the per-IP limit sees it: X-Forwarded-For only from a
+                    // trusted proxy.
+                    let client = rate_limit::client_ip(&trusted, request)
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id, client)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )

@@ -58,6 +58,17 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`SWITCHYARD_METRICS_TOKEN`, when the server is configured with one",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 

@@ -56,10 +56,28 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>> {
     }
 }
 
-/// Metrics in the Prometheus (OpenMetrics) text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-async fn metrics(State(state): State<AppState>) -> Result<Response> {
+/// Metrics in the Prometheus (OpenMetrics) text format. Open, unless the server is configured
+/// with `SWITCHYARD_METRICS_TOKEN`: then `Authorization: Bearer <that token>` is required.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("metrics_token" = [])),
+    responses((status = 200, content_type = "application/openmetrics-text", body = String),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json",
+            description = "`unauthorized`: the metrics token is configured, and missing or wrong")))]
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response> {
+    if let Some(token) = &state.config.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
+        if !matches {
+            return Err(Error::Unauthorized);
+        }
+    }
     let stats = state.queue.stats().await.map_err(anyhow::Error::from)?;
     state.metrics.observe_queue(&stats);
     let mut endpoints = Vec::new();

@@ -57,8 +57,41 @@ impl RateLimits {
 /// The per-IP limit of a request that is not authenticated by a valid key (see
 /// [`super::auth::authenticate`]), and of every click.
 pub fn check_ip(state: &AppState, request: &Request) -> Result<()> {
-    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => state.limits.check_ip(addr.ip()),
+    match client_ip(&state.config.trusted_proxies, request) {
+        Some(ip) => state.limits.check_ip(ip),
         None => Ok(()),
     }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the last address
+/// of `X-Forwarded-For` that is not a trusted proxy itself (each proxy appends the address it
+/// saw, so only the addresses it and its trusted peers added are true).
+pub fn client_ip(trusted: &[ipnet::IpNet], request: &Request) -> Option<IpAddr> {
+    let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    let peer = peer.ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in forwarded.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A malformed entry ends what can be believed.
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }

@@ -339,7 +339,7 @@ fn hash(plaintext: &str) -> String {
     hex::encode(Sha256::digest(plaintext.as_bytes()))
 }
 
-pub use store::{list, revoke};
+pub use store::{list, lock_active_admins, revoke};
 
 impl From<StoredKey> for ApiKey {
     fn from(k: StoredKey) -> Self {

@@ -179,11 +179,14 @@ async fn list_keys(
     }))
 }
 
-/// Revoke an API key (admin). Effective immediately, on every node.
+/// Revoke an API key (admin). Effective immediately, on every node. The tenant's last active
+/// admin key cannot be revoked (mint another first; `switchyard keys` is the recovery path).
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id, `key_...`")),
     responses(
         (status = 204, description = "Revoked (or already revoked)"),
+        (status = 409, body = Problem, content_type = "application/problem+json",
+            description = "`cannot_revoke_last_admin_key`"),
         AuthProblems,
         NotFoundProblem,
     ))]
@@ -194,6 +197,15 @@ async fn revoke_key(
 ) -> Result<StatusCode> {
     principal.require_admin()?;
     let mut tx = state.db.write(&principal.tenant_id).await?;
+    // The last active admin key stays: without it nobody could administer the tenant over the
+    // API (the CLI, `switchyard keys create`, is the recovery path).
+    let admins = super::lock_active_admins(&mut tx, &principal.tenant_id).await?;
+    if admins == [id.clone()] {
+        return Err(Error::Conflict {
+            code: "cannot_revoke_last_admin_key",
+            detail: "this is the tenant's last active admin key: mint another first".to_owned(),
+        });
+    }
     let found = super::revoke(&mut tx, &principal.tenant_id, &id, state.clock.now_ms()).await?;
     tx.commit().await?;
     if !found {

@@ -101,6 +101,26 @@ pub async fn list(
         .await
 }
 
+/// Locks the tenant's active admin keys until the transaction ends (a no-op UPDATE:
+/// PostgreSQL's row locks, inside SQLite's write transaction) and returns their ids, so two
+/// revocations at once count each other.
+pub async fn lock_active_admins(tx: &mut Tx, tenant_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query(
+        "UPDATE api_keys SET revoked_at = revoked_at
+         WHERE tenant_id = $1 AND kind = 'admin' AND revoked_at IS NULL",
+    )
+    .bind(tenant_id)
+    .execute(&mut **tx)
+    .await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM api_keys WHERE tenant_id = $1 AND kind = 'admin' AND revoked_at IS NULL",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// Revokes a key of this tenant. Returns false when the tenant has no such key; revoking a
 /// revoked key keeps its first revocation time.
 pub async fn revoke(tx: &mut Tx, tenant_id: &str, id: &str, now: i64) -> sqlx::Result<bool> {
