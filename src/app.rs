@@ -91,6 +91,34 @@ pub fn load_secrets(config: &Config) -> anyhow::Result<SecretBox> {
     Ok(key)
 }
 
+/// Checks the configuration without touching the network or the database: the database URL,
+/// the secrets key (required with PostgreSQL), the public URL and the Stripe API base.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    Dialect::from_url(&config.database_url)?;
+    if let Some(app_url) = &config.database_url_app {
+        Dialect::from_url(app_url).context("DATABASE_URL_APP")?;
+    }
+    if let Some(encoded) = &config.secrets_key {
+        SecretBox::from_encoded_key(encoded).context("SWITCHYARD_SECRETS_KEY")?;
+    } else if Dialect::from_url(&config.database_url)? == Dialect::Postgres {
+        load_secrets(config)?;
+    }
+    if let Some(url) = &config.public_url {
+        let parsed = url::Url::parse(url).context("SWITCHYARD_PUBLIC_URL is not a URL")?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "SWITCHYARD_PUBLIC_URL must be an http(s) URL"
+        );
+    }
+    crate::stripe::client::StripeClient::new(
+        config.stripe_api_base.as_deref(),
+        &[],
+        Duration::from_secs(1),
+        config.stripe_rate_limit,
+    )?;
+    Ok(())
+}
+
 /// Opens the database as its owner and applies pending migrations; grants the application
 /// role when one is configured.
 pub async fn open_migrated(config: &Config) -> anyhow::Result<Db> {

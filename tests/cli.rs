@@ -165,11 +165,42 @@ async fn tenants_are_created_only_in_multi_mode(engine: Engine) {
 )]
 async fn postgres_mode_refuses_to_start_without_a_secrets_key() {
     let db = TestDb::create(Engine::Postgres).await;
+    // The port is taken: the configuration error is still the one reported, before binding.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
     let output = run(switchyard(&db)
         .env_remove("SWITCHYARD_SECRETS_KEY")
-        .arg("serve"));
+        .args(["serve", "--listen", &listen]));
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("SWITCHYARD_SECRETS_KEY is required"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SWITCHYARD_SECRETS_KEY is required"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_setting_is_reported_before_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("x.db").display()),
+        )
+        .env("SWITCHYARD_PUBLIC_URL", "ftp://hub.example.com")
+        .args(["serve", "--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SWITCHYARD_PUBLIC_URL must be an http(s) URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
 }
 
 #[test]

@@ -65,3 +65,26 @@ where
 {
     Option::<T>::deserialize(deserializer).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text is a time or a field error, never a panic; every time this API writes reads
+        /// back as the same millisecond.
+        #[test]
+        fn times_parse_or_are_refused_and_ours_round_trip(
+            garbage in ".{0,40}",
+            ms in 0..253_402_300_799_000_i64,
+        ) {
+            let mut errors = Vec::new();
+            let _ = check_time("at", &garbage, &mut errors);
+            let mut errors = Vec::new();
+            let written = crate::clock::rfc3339(ms);
+            prop_assert_eq!(check_time("at", &written, &mut errors), Some(ms));
+            prop_assert!(errors.is_empty());
+        }
+    }
+}

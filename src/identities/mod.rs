@@ -332,6 +332,23 @@ fn conflict(detail: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any input either reads as a number or does not, never panics; what reads is E.164,
+        /// and reading it again gives the same number.
+        #[test]
+        fn phones_normalize_to_a_fixed_point(raw in "[+0-9 ()\\-.a-z]{0,24}|.{0,24}") {
+            if let Some(e164) = normalize_phone(&raw, phonenumber::country::Id::GB) {
+                prop_assert!(e164.starts_with('+'), "{}", e164);
+                prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{}", e164);
+                prop_assert_eq!(
+                    normalize_phone(&e164, phonenumber::country::Id::US),
+                    Some(e164.clone())
+                );
+            }
+        }
+    }
 
     #[test]
     fn uk_phone_forms_become_one_e164_number() {

@@ -289,6 +289,30 @@ fn describe(answer: &Result<u16, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any template renders without a panic; a known macro is replaced by its value,
+        /// percent-encoded (so a value can never inject a query parameter or a path).
+        #[test]
+        fn templates_render_and_values_cannot_break_out(
+            template in ".{0,120}",
+            value in ".{0,40}",
+        ) {
+            let values = vec![("click_id", value.clone())];
+            let _ = render(&template, &values);
+            let rendered = render("https://t.example/pb?c={click_id}&x=1", &values);
+            let query = rendered.strip_prefix("https://t.example/pb?c=").unwrap();
+            let (encoded, rest) = query.rsplit_once("&x=").unwrap();
+            prop_assert_eq!(rest, "1");
+            prop_assert!(!encoded.contains(['&', '=', '?', '#', '/', ' ']), "{}", encoded);
+            let decoded: String = url::form_urlencoded::parse(format!("c={encoded}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            prop_assert_eq!(decoded, value);
+        }
+    }
 
     #[test]
     fn amounts_are_written_in_major_units() {
