@@ -66,6 +66,13 @@ pub struct FirstStart {
 
 /// The secrets key: from configuration, else (SQLite only) a key file beside the database.
 pub fn load_secrets(config: &Config) -> anyhow::Result<SecretBox> {
+    let secrets = own_secrets(config)?;
+    secrets
+        .with_previous(&config.secrets_key_previous)
+        .context("SWITCHYARD_SECRETS_KEY_PREVIOUS")
+}
+
+fn own_secrets(config: &Config) -> anyhow::Result<SecretBox> {
     if let Some(encoded) = &config.secrets_key {
         return SecretBox::from_encoded_key(encoded).context("SWITCHYARD_SECRETS_KEY");
     }

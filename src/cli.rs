@@ -40,6 +40,18 @@ pub enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Manage the secrets key.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Re-seal every stored secret under SWITCHYARD_SECRETS_KEY, opening the old ones with
+    /// SWITCHYARD_SECRETS_KEY_PREVIOUS. Safe to run again; the server may keep running.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,6 +160,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command } => keys_command(&config, command).await,
         Command::Tenants { command } => tenants_command(&config, command).await,
+        Command::Secrets {
+            command: SecretsCommand::Rotate,
+        } => {
+            let secrets = app::load_secrets(&config)?;
+            let db = app::open_migrated(&config).await?;
+            let rotated = crate::secrets::rotate(&db, &secrets).await;
+            db.close().await;
+            let rotated = rotated?;
+            println!(
+                "re-sealed {} secrets under the current key ({} were already under it)",
+                rotated.resealed, rotated.current
+            );
+            Ok(())
+        }
     }
 }
 

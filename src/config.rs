@@ -57,6 +57,18 @@ pub struct Config {
     )]
     pub secrets_key: Option<String>,
 
+    /// Previous secrets keys (comma-separated), still used to open what they sealed while a
+    /// rotation is under way: set the new key as SWITCHYARD_SECRETS_KEY and the old one here,
+    /// run `switchyard secrets rotate`, then drop this.
+    #[arg(
+        long,
+        env = "SWITCHYARD_SECRETS_KEY_PREVIOUS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    pub secrets_key_previous: Vec<String>,
+
     /// Base URL that clients reach this server at (used in the first-start curl line).
     /// Defaults to `http://` + the listen address.
     #[arg(long, env = "SWITCHYARD_PUBLIC_URL", global = true)]

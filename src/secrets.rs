@@ -19,10 +19,12 @@ use sha2::{Digest, Sha256};
 const VERSION: &str = "v1:";
 const NONCE_LEN: usize = 12;
 
-/// Seals and opens secrets with one AES-256-GCM key.
+/// Seals secrets with the current AES-256-GCM key, and opens them with it or with a previous
+/// key (during a rotation, until `switchyard secrets rotate` has re-sealed everything).
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    previous: Vec<Aes256Gcm>,
     /// The HMAC for [`SecretBox::fingerprint`], keyed with a key derived from the secrets key
     /// (each digest starts from a copy, so the key is prepared once).
     fingerprint: Hmac<Sha256>,
@@ -47,21 +49,27 @@ pub enum SecretError {
 impl SecretBox {
     /// A box from a 32-byte key written in hex or base64.
     pub fn from_encoded_key(encoded: &str) -> Result<Self, SecretError> {
-        let encoded = encoded.trim();
-        let bytes = hex::decode(encoded)
-            .ok()
-            .or_else(|| STANDARD.decode(encoded).ok())
-            .filter(|b| b.len() == 32)
-            .ok_or(SecretError::BadKey)?;
+        let bytes = decode_key(encoded)?;
         let fingerprint_key = Sha256::new()
             .chain_update(b"switchyard fingerprint v1")
             .chain_update(&bytes)
             .finalize();
         Ok(Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            previous: Vec::new(),
             fingerprint: <Hmac<Sha256> as Mac>::new_from_slice(&fingerprint_key)
                 .expect("HMAC takes keys of any length"),
         })
+    }
+
+    /// This box, also opening what `previous` keys (hex or base64, as the current one) sealed.
+    pub fn with_previous(mut self, previous: &[String]) -> Result<Self, SecretError> {
+        for encoded in previous.iter().filter(|k| !k.trim().is_empty()) {
+            let bytes = decode_key(encoded)?;
+            self.previous
+                .push(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)));
+        }
+        Ok(self)
     }
 
     /// A keyed, one-way digest of `data` (128 bits, hex): recognisable when it recurs, but not
@@ -84,19 +92,116 @@ impl SecretBox {
         format!("{VERSION}{}", STANDARD.encode(out))
     }
 
+    /// Opens a sealed secret with the current key or, failing that, a previous one.
     pub fn open(&self, sealed: &str) -> Result<String, SecretError> {
+        self.open_as(sealed).map(|(plaintext, _)| plaintext)
+    }
+
+    /// Opens a sealed secret; also says whether it is sealed under the current key.
+    pub fn open_as(&self, sealed: &str) -> Result<(String, bool), SecretError> {
         let raw = sealed
             .strip_prefix(VERSION)
             .and_then(|b64| STANDARD.decode(b64).ok())
             .filter(|raw| raw.len() > NONCE_LEN)
             .ok_or(SecretError::Malformed)?;
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
-        let plaintext = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
-            .map_err(|_| SecretError::WrongKey)?;
-        String::from_utf8(plaintext).map_err(|_| SecretError::Malformed)
+        let nonce = Nonce::from_slice(nonce);
+        let (plaintext, current) = match self.cipher.decrypt(nonce, ciphertext) {
+            Ok(plaintext) => (plaintext, true),
+            Err(_) => (
+                self.previous
+                    .iter()
+                    .find_map(|cipher| cipher.decrypt(nonce, ciphertext).ok())
+                    .ok_or(SecretError::WrongKey)?,
+                false,
+            ),
+        };
+        let plaintext = String::from_utf8(plaintext).map_err(|_| SecretError::Malformed)?;
+        Ok((plaintext, current))
     }
+}
+
+fn decode_key(encoded: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = encoded.trim();
+    hex::decode(encoded)
+        .ok()
+        .or_else(|| STANDARD.decode(encoded).ok())
+        .filter(|b| b.len() == 32)
+        .ok_or(SecretError::BadKey)
+}
+
+/// Every sealed column: (table, its key columns, the sealed column). `switchyard secrets
+/// rotate` re-seals each under the current key; `tests/secrets.rs` checks that every column
+/// of the schema that holds a sealed value is listed here.
+pub const SEALED: [(&str, &[&str], &str); 7] = [
+    ("webhook_endpoints", &["id"], "secret"),
+    ("webhook_endpoints", &["id"], "previous_secret"),
+    ("stripe_settings", &["tenant_id"], "secret_key_sealed"),
+    ("stripe_settings", &["tenant_id"], "webhook_secrets_sealed"),
+    ("stripe_settings", &["tenant_id"], "connect_secrets_sealed"),
+    (
+        "idempotency_keys",
+        &["tenant_id", "caller", "key"],
+        "response_sealed",
+    ),
+    ("network_connections", &["tenant_id"], "vendor_token_sealed"),
+];
+
+/// What a rotation did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rotated {
+    /// Secrets re-sealed under the current key.
+    pub resealed: u64,
+    /// Secrets that were already under it.
+    pub current: u64,
+}
+
+/// Re-seals every stored secret under the current key, tenant by tenant, one transaction per
+/// tenant. A secret no key opens fails the rotation (nothing of that tenant is changed).
+pub async fn rotate(db: &crate::db::Db, secrets: &SecretBox) -> anyhow::Result<Rotated> {
+    let mut rotated = Rotated::default();
+    for tenant in crate::tenants::all_ids(db.pool()).await? {
+        let mut tx = db.write(&tenant).await?;
+        for (table, keys, column) in SEALED {
+            let select = format!(
+                "SELECT {}, {column} FROM {table} WHERE tenant_id = $1 AND {column} IS NOT NULL",
+                keys.join(", ")
+            );
+            let rows = sqlx::query(&select)
+                .bind(&tenant)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                use sqlx::Row as _;
+                let sealed: String = row.try_get(keys.len())?;
+                let (plaintext, current) = secrets
+                    .open_as(&sealed)
+                    .map_err(|e| anyhow::anyhow!("{table}.{column} of tenant {tenant}: {e}"))?;
+                if current {
+                    rotated.current += 1;
+                    continue;
+                }
+                let matches: Vec<String> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| format!("{key} = ${}", i + 2))
+                    .collect();
+                let update = format!(
+                    "UPDATE {table} SET {column} = $1 WHERE {}",
+                    matches.join(" AND ")
+                );
+                let mut query = sqlx::query(&update).bind(secrets.seal(&plaintext));
+                for i in 0..keys.len() {
+                    let value: String = row.try_get(i)?;
+                    query = query.bind(value);
+                }
+                query.execute(&mut *tx).await?;
+                rotated.resealed += 1;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(rotated)
 }
 
 /// Where the embedded mode keeps its generated key: beside the database, `<db file>.key`.
