@@ -165,6 +165,21 @@ pub async fn first_start(db: &Db, clock: &Clock) -> anyhow::Result<Option<FirstS
     Ok(Some(FirstStart { tenant, key }))
 }
 
+/// The node's identity: configured, else the host name and the port it listens on (stable
+/// across restarts; distinct for nodes on one host, which listen on different ports).
+fn node_id(config: &Config, addr: SocketAddr) -> String {
+    if let Some(id) = config.node_id.as_deref().filter(|id| !id.trim().is_empty()) {
+        return id.trim().to_owned();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}:{}", addr.port())
+}
+
 /// A server running in the background.
 pub struct Running {
     pub addr: SocketAddr,
@@ -198,7 +213,8 @@ pub async fn start(config: Config, clock: Clock, listener: TcpListener) -> anyho
             let clock = clock.clone();
             move || clock.now_ms()
         }),
-    );
+    )
+    .with_node(&node_id(&config, listener.local_addr()?));
     let outbound = Outbound::new(
         Guard::new(config.outbound_allow.clone()),
         Duration::from_secs(config.webhook_timeout_secs),

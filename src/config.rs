@@ -131,6 +131,12 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
+    /// This node's identity, the same across its restarts and unique among the nodes sharing
+    /// a database: a restarted node takes back at once the jobs its previous run held. Default:
+    /// the host name and the port it listens on.
+    #[arg(long, env = "SWITCHYARD_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
     /// Seconds a worker holds a job before another node may take it over, should the worker
     /// die. Running jobs renew it every third of that; a shorter lease means a faster takeover.
     #[arg(

@@ -35,6 +35,7 @@ on_both_engines!(
     a_handoff_that_is_not_started_gives_its_jobs_back,
     a_job_falling_due_runs_on_time_while_handed_jobs_keep_the_worker_busy,
     a_worker_looking_for_due_jobs_does_not_turn_away_handed_ones,
+    a_restarted_node_takes_back_its_own_leases_at_once_and_no_one_elses,
 );
 
 struct Fixture {
@@ -924,4 +925,77 @@ async fn a_worker_looking_for_due_jobs_does_not_turn_away_handed_ones(engine: En
     );
     stop.send(()).unwrap();
     handle.await.unwrap();
+}
+
+async fn a_restarted_node_takes_back_its_own_leases_at_once_and_no_one_elses(engine: Engine) {
+    let f = fixture(engine).await;
+    let node_a = f.queue.clone().with_node("host-a:8080");
+    let node_b = f.queue.clone().with_node("host-b:8080");
+    let mine = f.enqueue("stuck", json!({})).await;
+    let stalling = |started: Arc<Notify>| {
+        move |_job: Job| {
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Outcome::Done
+            }
+        }
+    };
+    // Node A takes the job and dies holding it (its task is gone, its lease stays for 60 s).
+    let started = Arc::new(Notify::new());
+    let worker = Worker::new(node_a.clone(), fast()).register(
+        "stuck",
+        one_at_a_time(),
+        stalling(started.clone()),
+    );
+    let (_stop_a, a) = spawn(worker);
+    started.notified().await;
+    a.abort();
+    let _ = a.await;
+    // Node B, alive, holds a job of its own.
+    let theirs = f.enqueue("theirs", json!({})).await;
+    let started = Arc::new(Notify::new());
+    let worker =
+        Worker::new(node_b, fast()).register("theirs", one_at_a_time(), stalling(started.clone()));
+    let (stop_b, b) = spawn(worker);
+    started.notified().await;
+    assert_eq!(job(&f.queue, &mine).await.0, "running");
+
+    // Node A starts again: its job runs again at once, long before the lease would expire;
+    // node B's stays with B.
+    let ran = Arc::new(Notify::new());
+    let worker = Worker::new(node_a, fast()).register("stuck", one_at_a_time(), {
+        let ran = ran.clone();
+        move |_job| {
+            let ran = ran.clone();
+            async move {
+                ran.notify_one();
+                Outcome::Done
+            }
+        }
+    });
+    let (stop_a, a) = spawn(worker);
+    tokio::time::timeout(Duration::from_secs(5), ran.notified())
+        .await
+        .expect("the restarted node ran its job again without waiting for the lease");
+    let (state, attempt, _, _) = job(&f.queue, &mine).await;
+    assert_eq!(attempt, 2);
+    for _ in 0..100 {
+        if job(&f.queue, &mine).await.0 == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(["running", "done"].contains(&state.as_str()));
+    assert_eq!(job(&f.queue, &mine).await.0, "done");
+    assert_eq!(
+        job(&f.queue, &theirs).await.0,
+        "running",
+        "another node's lease is not touched"
+    );
+    let _ = stop_a.send(());
+    a.await.unwrap();
+    b.abort();
+    drop(stop_b);
 }

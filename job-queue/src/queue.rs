@@ -196,6 +196,8 @@ pub struct Queue {
     now: Now,
     wake: Arc<Notify>,
     takers: Takers,
+    /// This node's identity, the prefix of every lease token it issues (empty: none).
+    node: Arc<str>,
 }
 
 const CLAIMED_COLUMNS: &str = "id, kind, payload, attempt, max_attempts, lease_until";
@@ -208,7 +210,57 @@ impl Queue {
             now,
             wake: Arc::new(Notify::new()),
             takers: Takers::default(),
+            node: Arc::from(""),
         }
+    }
+
+    /// This queue's leases name `node`, an identity that survives restarts (not `/`), so a
+    /// restarted node can take back at once what its previous run held
+    /// ([`Queue::release_node`]) instead of waiting out the leases.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Arc::from(node.replace('/', "_"));
+        self
+    }
+
+    /// A fresh lease token: `node/ulid`.
+    pub(crate) fn lease_token(&self) -> String {
+        let ulid = ulid::Ulid::new();
+        if self.node.is_empty() {
+            ulid.to_string()
+        } else {
+            format!("{}/{ulid}", self.node)
+        }
+    }
+
+    /// Returns to `available` (or `dead`, their attempts spent) the jobs an earlier run of this
+    /// node held when it stopped without releasing them. Their lease tokens are cleared, so if
+    /// that run is in fact alive (two processes given one identity), its finishers are fenced
+    /// off as after a reap. Returns how many.
+    pub async fn release_node(&self) -> Result<u64, Error> {
+        if self.node.is_empty() {
+            return Ok(0);
+        }
+        let pattern = format!(
+            "{}/%",
+            self.node
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let now = self.now();
+        let released = sqlx::query(
+            "UPDATE jobs SET
+                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END,
+                 finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+                 last_error = 'the node restarted while running it',
+                 lease_until = NULL, lease_token = NULL, updated_at = $1
+             WHERE state = 'running' AND lease_token LIKE $2 ESCAPE '\\'",
+        )
+        .bind(now)
+        .bind(pattern)
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected())
     }
 
     pub fn engine(&self) -> Engine {
@@ -239,7 +291,7 @@ impl Queue {
         let taker = takers.get(&(job.queue.clone(), job.kind.clone()))?;
         let permit = taker.slots.clone().try_acquire_owned().ok()?;
         Some(Taken {
-            token: ulid::Ulid::new().to_string(),
+            token: self.lease_token(),
             lease_until: now + taker.lease.as_millis() as i64,
             permit,
             to: taker.jobs.clone(),

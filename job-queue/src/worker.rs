@@ -171,6 +171,14 @@ impl Worker {
     /// outcome that arrived and claims jobs for the free slots in one write transaction, so a
     /// busy worker commits once per turn rather than twice per job.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        // What this node's previous run held when it died is taken back now, not at lease end.
+        match self.queue.release_node().await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(released, "took back the jobs of this node's previous run")
+            }
+            Err(err) => tracing::warn!(error = %err, "could not take back the previous run's jobs"),
+        }
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut finished: Vec<Finished> = Vec::new();
@@ -440,7 +448,7 @@ impl Worker {
                     lease: kind.options.lease,
                 })
                 .collect();
-            let token = ulid::Ulid::new().to_string();
+            let token = self.queue.lease_token();
             let claimed = self
                 .queue
                 .claim(&mut tx, &self.options.queue, &wants, &token)
