@@ -96,15 +96,12 @@ pub async fn receiver() -> (u16, mpsc::UnboundedReceiver<(String, Instant)>) {
     (port, rx)
 }
 
-/// A subscription to `commission.accrued`, a partner, a campaign, a link, and `count` clicks on
-/// it; returns the click ids.
-pub async fn setup(running: &Running, port: u16, count: usize) -> Vec<String> {
+/// A subscription to `commission.accrued` (to `port`), a partner, a campaign and a link;
+/// returns the link's URL (`/r/{key}` on the server).
+pub async fn linked(running: &Running, port: u16) -> String {
     let base = format!("http://{}", running.addr);
     let key = &running.first_start.as_ref().unwrap().key.plaintext;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         client
             .post(format!("{base}{path}"))
@@ -146,19 +143,32 @@ pub async fn setup(running: &Running, port: u16, count: usize) -> Vec<String> {
     .json()
     .await
     .unwrap();
-    let follow = format!("{base}/r/{}", link["key"].as_str().unwrap());
+    format!("{base}/r/{}", link["key"].as_str().unwrap())
+}
+
+/// Follows `link` once; returns the click id the destination received.
+pub async fn click(client: &reqwest::Client, link: &str) -> String {
+    let response = client.get(link).send().await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "click_id")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+/// [`linked`], and `count` clicks on the link; returns the click ids.
+pub async fn setup(running: &Running, port: u16, count: usize) -> Vec<String> {
+    let follow = linked(running, port).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let mut clicks = Vec::with_capacity(count);
     for _ in 0..count {
-        let response = client.get(&follow).send().await.unwrap();
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        let click = url::Url::parse(&location)
-            .unwrap()
-            .query_pairs()
-            .find(|(k, _)| k == "click_id")
-            .unwrap()
-            .1
-            .into_owned();
-        clicks.push(click);
+        clicks.push(click(&client, &follow).await);
     }
     clicks
 }
