@@ -14,6 +14,7 @@ on_both_engines!(
     every_macro_is_filled_in,
     templates_and_types_are_checked_and_owned,
     a_failing_tracker_is_retried_then_the_postback_disabled,
+    each_postback_retry_waits_its_stored_delay,
 );
 
 /// A partner with a postback to `template` on a flat-commission campaign, and a click on its
@@ -230,5 +231,53 @@ async fn a_failing_tracker_is_retried_then_the_postback_disabled(engine: Engine)
         .find(|l| l.starts_with("switchyard_postback_failures{") && l.contains(&partner))
         .unwrap_or_else(|| panic!("no postback failures on /metrics:\n{metrics}"));
     assert!(line.ends_with(" 2"), "{line}");
+    srv.stop().await;
+}
+
+/// The fire job's (attempt, state, run_at), once it has recorded attempt `attempt`.
+async fn fire_after(srv: &TestServer, attempt: i64) -> (i64, String, i64) {
+    for _ in 0..200 {
+        let db = srv.inspect().await;
+        let row: Option<(i64, String, i64)> =
+            sqlx::query_as("SELECT attempt, state, run_at FROM jobs WHERE kind = 'postbacks.fire'")
+                .fetch_optional(db.pool())
+                .await
+                .unwrap();
+        db.close().await;
+        if let Some(row) = row.filter(|(a, state, _)| *a == attempt && state != "running") {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("attempt {attempt} was never recorded");
+}
+
+async fn each_postback_retry_waits_its_stored_delay(engine: Engine) {
+    let srv = TestServer::start_with(engine, &["--postback-disable-after", "10"]).await;
+    let mut tracker = Receiver::start().await;
+    for _ in 0..5 {
+        tracker.answer(500, vec![]);
+    }
+    let (_, click_id) = tracked(&srv, &format!("{}?c={{click_id}}", tracker.url)).await;
+    convert(&srv, "lead-1", &click_id).await;
+    tracker.next().await;
+    // After each failure the next attempt is stored 30 s, 2 min, 10 min and 1 h later (±20%);
+    // moving the clock to it brings the next attempt.
+    for (attempt, delay) in [(1, 30_i64), (2, 120), (3, 600), (4, 3600)] {
+        let (_, state, run_at) = fire_after(&srv, attempt).await;
+        assert_eq!(state, "available", "attempt {attempt}");
+        let wait = run_at - srv.clock.now_ms();
+        let (low, high) = (delay * 800, delay * 1200);
+        assert!(
+            (low - 1000..=high).contains(&wait),
+            "after attempt {attempt}: retry in {wait} ms, expected {delay} s ±20%"
+        );
+        srv.clock
+            .advance(Duration::from_millis(wait.max(0) as u64 + 10));
+        tracker.next().await;
+    }
+    // The fifth attempt was the last: the fire is counted failed, not retried.
+    let (_, state, _) = fire_after(&srv, 5).await;
+    assert_eq!(state, "dead");
     srv.stop().await;
 }
