@@ -171,6 +171,30 @@ impl Program {
         partner
     }
 
+    /// A webhook endpoint subscribed to `event_type`; returns its receiver and endpoint.
+    async fn subscribe(&self, event_type: &str) -> (Receiver, Value) {
+        let hook = Receiver::start().await;
+        let (status, endpoint) = self
+            .srv
+            .post(
+                "/v1/webhooks",
+                &self.srv.admin_key,
+                json!({"url": hook.url, "event_types": [event_type]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+        (hook, endpoint)
+    }
+
+    /// Replaces the payout settings with `settings`.
+    async fn set(&self, settings: Value) {
+        let (status, saved) = self
+            .srv
+            .put("/v1/payouts/settings", &self.srv.admin_key, settings)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{saved}");
+    }
+
     async fn run(&self) -> Value {
         let (status, run) = self
             .srv
@@ -431,25 +455,8 @@ async fn a_partner_onboards_once_and_readiness_follows_stripe(engine: Engine) {
 
 async fn a_run_pays_each_ready_partner_once_per_currency_and_carries_the_rest(engine: Engine) {
     let mut p = Program::start(engine).await;
-    let mut hook = Receiver::start().await;
-    let (status, endpoint) = p
-        .srv
-        .post(
-            "/v1/webhooks",
-            &p.srv.admin_key,
-            json!({"url": hook.url, "event_types": ["payout.paid"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
-    let (status, _) = p
-        .srv
-        .put(
-            "/v1/payouts/settings",
-            &p.srv.admin_key,
-            json!({"payout_minimum": 1000}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let (mut hook, endpoint) = p.subscribe("payout.paid").await;
+    p.set(json!({"payout_minimum": 1000})).await;
 
     let ada = p.ready_partner("ada@example.com").await;
     let grace = p.partner("grace@example.com").await; // never onboarded
@@ -682,16 +689,7 @@ async fn runs_started_at_once_never_pay_twice(engine: Engine) {
 
 async fn a_refused_transfer_fails_the_payout_and_frees_its_commissions(engine: Engine) {
     let mut p = Program::start(engine).await;
-    let mut hook = Receiver::start().await;
-    let (status, _) = p
-        .srv
-        .post(
-            "/v1/webhooks",
-            &p.srv.admin_key,
-            json!({"url": hook.url, "event_types": ["payout.failed"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let (mut hook, _) = p.subscribe("payout.failed").await;
     let ada = p.ready_partner("ada@example.com").await;
     let earned = p.earn(&ada, 2500, "EUR").await;
     p.approve().await;
@@ -832,15 +830,7 @@ async fn a_retryable_stripe_error_is_retried_with_the_same_key(engine: Engine) {
 async fn a_refund_while_paid_applies_when_the_payout_is_reversed(engine: Engine) {
     for clawback in [false, true] {
         let mut p = Program::start(engine).await;
-        let (status, _) = p
-            .srv
-            .put(
-                "/v1/payouts/settings",
-                &p.srv.admin_key,
-                json!({"clawback_paid_refunds": clawback}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        p.set(json!({"clawback_paid_refunds": clawback})).await;
         let ada = p.ready_partner("ada@example.com").await;
         let refunded = p.earn(&ada, 1000, "EUR").await;
         let kept = p.earn(&ada, 600, "EUR").await;
@@ -991,15 +981,7 @@ async fn refunds_of_paid_commissions_are_clawed_back_only_when_turned_on(engine:
     );
 
     // On: a refund of a paid commission leaves a negative balance.
-    let (status, _) = p
-        .srv
-        .put(
-            "/v1/payouts/settings",
-            &p.srv.admin_key,
-            json!({"clawback_paid_refunds": true}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    p.set(json!({"clawback_paid_refunds": true})).await;
     let clawed = p.earn(&ada, 1200, "EUR").await;
     p.approve().await;
     p.run().await;
@@ -1062,15 +1044,7 @@ async fn refunds_of_paid_commissions_are_clawed_back_only_when_turned_on(engine:
 async fn manual_payouts_are_exported_and_marked_paid(engine: Engine) {
     let mut p = Program::start(engine).await;
     let mut tracker = Receiver::start().await;
-    let (status, _) = p
-        .srv
-        .put(
-            "/v1/payouts/settings",
-            &p.srv.admin_key,
-            json!({"method": "manual"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    p.set(json!({"method": "manual"})).await;
     let ada = p.partner("ada@example.com").await;
     let (status, postback) = p
         .srv

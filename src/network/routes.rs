@@ -419,6 +419,29 @@ async fn backfill(
     Ok(axum::Json(super::backfill(&state, &connected).await?))
 }
 
+/// The answers a proxied call gives besides the Network's own.
+#[derive(utoipa::IntoResponses)]
+pub enum ProxyProblems {
+    #[response(
+        status = 409,
+        description = "`network_not_connected`",
+        content_type = "application/problem+json"
+    )]
+    NotConnected(Problem),
+    #[response(
+        status = 503,
+        description = "`network_unreachable`",
+        content_type = "application/problem+json"
+    )]
+    Unreachable(Problem),
+    #[response(
+        status = 502,
+        description = "`network_error` (the Network's status when 4xx)",
+        content_type = "application/problem+json"
+    )]
+    NetworkError(Problem),
+}
+
 /// A proxied call to the Network with the vendor token (admin).
 async fn proxy(
     state: &AppState,
@@ -447,12 +470,7 @@ fn segment(id: &str) -> Result<String> {
 /// The program's offerings on the Network (admin; proxied).
 #[utoipa::path(get, path = "/v1/network/offerings", tag = "network",
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)")))]
+        ProxyProblems))]
 async fn list_offerings(
     State(state): State<AppState>,
     principal: Principal,
@@ -471,12 +489,7 @@ async fn list_offerings(
 #[utoipa::path(post, path = "/v1/network/offerings", tag = "network",
     request_body(content = Value, description = "An offering, as the Network takes it"),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)"),
+        ProxyProblems,
         InvalidProblem))]
 async fn create_offering(
     State(state): State<AppState>,
@@ -492,12 +505,7 @@ async fn create_offering(
     params(("id" = String, Path, description = "The Network's offering id")),
     request_body(content = Value, description = "The fields to change"),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)"),
+        ProxyProblems,
         InvalidProblem))]
 async fn update_offering(
     State(state): State<AppState>,
@@ -520,12 +528,7 @@ async fn update_offering(
 #[utoipa::path(delete, path = "/v1/network/offerings/{id}", tag = "network",
     params(("id" = String, Path, description = "The Network's offering id")),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)")))]
+        ProxyProblems))]
 async fn delete_offering(
     State(state): State<AppState>,
     principal: Principal,
@@ -545,12 +548,7 @@ pub struct ListRequests {
 /// Creators' requests to join the program (admin; proxied).
 #[utoipa::path(get, path = "/v1/network/requests", tag = "network", params(ListRequests),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)"),
+        ProxyProblems,
         InvalidProblem))]
 async fn list_requests(
     State(state): State<AppState>,
@@ -577,12 +575,7 @@ async fn list_requests(
 #[utoipa::path(post, path = "/v1/network/requests/{id}/approve", tag = "network",
     params(("id" = String, Path, description = "The Network's request id")),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)")))]
+        ProxyProblems))]
 async fn approve_request(
     State(state): State<AppState>,
     principal: Principal,
@@ -603,12 +596,7 @@ async fn approve_request(
 #[utoipa::path(post, path = "/v1/network/requests/{id}/reject", tag = "network",
     params(("id" = String, Path, description = "The Network's request id")),
     responses((status = 200, body = Value, description = "The Network's answer"), AuthProblems,
-        (status = 409, body = Problem, content_type = "application/problem+json",
-            description = "`network_not_connected`"),
-        (status = 503, body = Problem, content_type = "application/problem+json",
-            description = "`network_unreachable`"),
-        (status = 502, body = Problem, content_type = "application/problem+json",
-            description = "`network_error` (the Network's status when 4xx)")))]
+        ProxyProblems))]
 async fn reject_request(
     State(state): State<AppState>,
     principal: Principal,
